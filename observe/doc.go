@@ -1,0 +1,69 @@
+// Package observe is the in-process half of pgtrace for Go services: one
+// call to set up OpenTelemetry, HTTP tracing with tenant and request ids,
+// log–trace correlation, business metrics, and the sqlcommenter comments
+// that let the pgtrace proxy parent its query spans under the service's
+// spans.
+//
+// It imports no other pgtrace package; it needs only the OpenTelemetry API
+// and SDK, otelhttp and the OTLP exporters.
+//
+// # Setup
+//
+// Setup builds the tracer, meter and logger providers from the standard
+// OTEL_* variables (plus ENVIRONMENT and OTEL_TRACES_SAMPLING_RATIO),
+// installs them and the W3C propagators globally, and returns a shutdown
+// function that flushes them:
+//
+//	shutdown, err := observe.Setup(ctx, observe.WithServiceName("partners"))
+//	if err != nil { ... }
+//	defer func() { err = errors.Join(err, shutdown(context.WithoutCancel(ctx))) }()
+//
+// Use a named error return, as above: an unnamed one loses the shutdown
+// error.
+//
+// # HTTP
+//
+// NewHandler wraps a ServeMux with otelhttp and adds tenant and request-id
+// handling; Tenant, RequestID and Route read them back from a context.
+// NewTransport is the client side: otelhttp's transport that also forwards
+// the tenant and request id. DebugHandler answers /debug/observability.
+//
+// # Logs
+//
+// NewLogHandler wraps a slog.Handler (JSON by default) to add trace_id,
+// span_id, tenant.id and request.id to every record, and to mark the current
+// span failed when an error record carries an "error" attribute.
+//
+// # Databases
+//
+// OpenDB and WrapConnector give a *sql.DB whose statements carry a
+// sqlcommenter comment (application, db_driver, route, tenant_id,
+// traceparent, tracestate); Comment does the same for a query string for
+// other drivers. They make no span per query: the proxy makes those, under
+// the traceparent of the comment. TracedTx and TracedOp start a span around
+// a transaction or an operation, which then becomes the traceparent of its
+// statements.
+//
+// Client-side statement caches. A traceparent makes every statement text
+// unique, and pgx caches prepared statements and their descriptions by SQL
+// text. In pgx's default mode (QueryExecModeCacheStatement) every commented
+// query is therefore a cache miss: an extra round trip to prepare it, a
+// server-side prepared statement per query, and constant eviction from the
+// cache, which holds 512 statements by default. Worse for tracing, that mode
+// sends the Parse that carries the comment in an earlier round trip than
+// the execution, and the proxy parents only executions in the same batch as
+// the comment. Run commented queries with QueryExecModeExec (DSN parameter
+// default_query_exec_mode=exec), which sends Parse, Bind and Execute of an
+// unnamed statement together in one round trip and keeps no cache; or with
+// QueryExecModeSimpleProtocol. QueryExecModeDescribeExec also works but
+// costs two round trips. If the cache must stay, set
+// statement_cache_capacity and description_cache_capacity to 0 for the
+// pool that carries commented queries.
+//
+// # Business metrics
+//
+// BusinessMetrics records partner signups, customer acquisitions and MRR,
+// commissions, attributed revenue, customer lifecycle events and SLA
+// violations as dotmac.* instruments, with partner.id on the current span
+// and, bounded, on the metrics.
+package observe
