@@ -124,10 +124,11 @@ type Statement struct {
 	// Index is the 0-based position of this statement within a multi-statement
 	// Query message; 0 for the extended protocol.
 	Index int
-	// Reused is true when the executed prepared statement was parsed in an
-	// earlier batch (before the previous Sync). A comment in Text then belongs
-	// to that earlier batch and must not parent this execution (DESIGN.md
-	// decision 5).
+	// Reused is true when the executed prepared statement was parsed before
+	// this execution's batch and is not its first execution in the batch
+	// right after the Parse (drivers such as pgx prepare in one round trip and
+	// execute in the next). A comment in Text then belongs to an earlier use
+	// and must not parent this execution (DESIGN.md decision 5).
 	Reused bool
 
 	Protocol      Protocol

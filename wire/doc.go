@@ -1,0 +1,24 @@
+// Package wire is pgtrace's PostgreSQL relay: a transparent, byte-exact
+// session-mode proxy that turns the traffic it carries into Events.
+//
+// A Server accepts client (frontend) connections and opens one upstream
+// (backend) connection for each. After the startup packet, every byte the
+// client sends reaches the upstream unchanged and every byte the upstream
+// sends reaches the client unchanged: the relay frames messages itself
+// (1-byte type + int32 length including itself), forwards the original
+// bytes, and decodes only the few messages it observes. Authentication
+// (trust, password, md5, SCRAM-SHA-256) passes through untouched.
+//
+// Observation never slows traffic: the two relay goroutines of a session hand
+// small Event values to a bounded queue, and one dispatcher goroutine calls
+// the Observer. When the queue is full the event is dropped and counted
+// (Server.DroppedEvents).
+//
+// Message size limits: startup packets must be 8..10000 bytes long (as in
+// PostgreSQL); any other message may declare up to MaxMessageLen bytes. A
+// client that breaks either limit gets ErrorResponse 08P01 and only its
+// session closes. Messages the relay must read whole to observe them (Query,
+// Parse and a handful of small backend messages) are buffered up to that
+// limit; all others, notably DataRow and CopyData, stream through a small
+// fixed per-direction buffer, so a large result does not grow the proxy.
+package wire

@@ -1,0 +1,242 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxMessageLen is the largest length a regular (post-startup) message may
+// declare, counting the length field itself: 1 GiB, PostgreSQL's own limit
+// for a single message (MaxAllocSize). A longer declared length is a protocol
+// error (SQLSTATE 08P01).
+const MaxMessageLen = 1 << 30
+
+// frameBufSize is the per-direction read buffer. It bounds the memory of an
+// idle session (two of them) and is the unit of a streamed copy; messages the
+// relay must see whole and that do not fit get a temporary larger buffer.
+const frameBufSize = 8 << 10
+
+// errShortLength is returned for a message whose length field is below 4.
+var errShortLength = errors.New("message length below 4")
+
+// ProtocolError is a malformed or oversized message. The relay answers a
+// client's protocol error with ErrorResponse 08P01 and closes that session.
+type ProtocolError struct {
+	Type byte  // message type byte; 0 for a startup packet
+	Len  int64 // declared length
+	Err  error // what was wrong
+}
+
+func (e *ProtocolError) Error() string {
+	if e.Type == 0 {
+		return fmt.Sprintf("invalid startup packet (length %d): %v", e.Len, e.Err)
+	}
+	return fmt.Sprintf("invalid message %q (length %d): %v", e.Type, e.Len, e.Err)
+}
+
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// frameObserver sees every message that passes one direction of the relay.
+//
+// body is the message body without the 5-byte header; it is valid only
+// during the call (it aliases the relay's read buffer, which the next read
+// overwrites), so an observer copies whatever it keeps. When whole is false
+// the message was too large for the buffer and is being streamed: body holds
+// only its first bytes, and bodyLen is the full body length.
+type frameObserver interface {
+	message(typ byte, body []byte, bodyLen int, whole bool) error
+}
+
+// relayError says which leg of one relay direction failed.
+type relayError struct {
+	read bool // true: reading the source; false: writing the destination
+	err  error
+}
+
+func (e *relayError) Error() string {
+	if e.read {
+		return "read: " + e.err.Error()
+	}
+	return "write: " + e.err.Error()
+}
+
+func (e *relayError) Unwrap() error { return e.err }
+
+// framer copies framed messages from src to dst, byte for byte, showing each
+// one to an observer. It writes everything it has read and framed before it
+// blocks in the next read, so nothing is held back, while all messages that
+// arrived together (a pipeline) leave in one write.
+type framer struct {
+	src io.Reader
+	dst io.Writer
+	// whole[t] is true for message types the observer must see whole; all
+	// others stream when they do not fit the buffer.
+	whole *[256]bool
+
+	small []byte // the session's fixed buffer; buf is small or a temporary larger one
+	buf   []byte
+	r, w  int // buf[r:w] is read but not yet framed
+	fw    int // buf[fw:r] is framed but not yet written
+
+	// midMessage is true while part of a message has been written to dst and
+	// the rest has not: nothing else may be written to dst then.
+	midMessage bool
+	in         int64 // bytes read from src
+
+	readErr relayError // run's final read error, kept here so returning it does not allocate
+}
+
+func newFramer(src io.Reader, dst io.Writer, whole *[256]bool) *framer {
+	return newFramerSize(src, dst, whole, frameBufSize)
+}
+
+// newFramerSize is newFramer with a buffer of size bytes (at least 16).
+func newFramerSize(src io.Reader, dst io.Writer, whole *[256]bool, size int) *framer {
+	b := make([]byte, max(size, 16))
+	return &framer{src: src, dst: dst, whole: whole, small: b, buf: b}
+}
+
+// run relays until an error. A read error (including io.EOF) and a write
+// error come back as *relayError; a framing error as *ProtocolError; an
+// observer's error as is.
+func (f *framer) run(obs frameObserver) error {
+	var readErr error
+	for {
+		for f.w-f.r >= 5 {
+			typ := f.buf[f.r]
+			n := int64(int32(binary.BigEndian.Uint32(f.buf[f.r+1:])))
+			if n < 4 || n > MaxMessageLen {
+				// Forward the good messages before it, then stop.
+				f.flush()
+				if n < 4 {
+					return &ProtocolError{Type: typ, Len: n, Err: errShortLength}
+				}
+				return &ProtocolError{Type: typ, Len: n, Err: fmt.Errorf("longer than the %d byte limit", MaxMessageLen)}
+			}
+			total := int(n) + 1
+			if f.w-f.r >= total {
+				if err := obs.message(typ, f.buf[f.r+5:f.r+total], total-5, true); err != nil {
+					return err
+				}
+				f.r += total
+				continue
+			}
+			if total > len(f.buf) && f.r == 0 && f.w == len(f.buf) {
+				// The buffer is full of this message's prefix.
+				if f.whole[typ] {
+					// Grow by doubling as the bytes arrive, so a declared
+					// length alone does not make the relay allocate.
+					f.grow(min(total, 2*len(f.buf)))
+					continue
+				}
+				// Show the prefix and stream the rest.
+				if err := obs.message(typ, f.buf[5:f.w], total-5, false); err != nil {
+					return err
+				}
+				if err := f.stream(total - f.w); err != nil {
+					return err
+				}
+				continue
+			}
+			break
+		}
+		if err := f.flush(); err != nil {
+			return err
+		}
+		if readErr != nil {
+			f.readErr = relayError{read: true, err: readErr}
+			return &f.readErr
+		}
+		f.compact()
+		n, err := f.src.Read(f.buf[f.w:])
+		f.w += n
+		f.in += int64(n)
+		readErr = err
+	}
+}
+
+// flush writes the framed bytes.
+func (f *framer) flush() error {
+	if f.fw == f.r {
+		return nil
+	}
+	_, err := f.dst.Write(f.buf[f.fw:f.r])
+	f.fw = f.r
+	if err != nil {
+		return &relayError{err: err}
+	}
+	return nil
+}
+
+// compact moves the unframed tail to the start of the buffer, returning to
+// the small buffer when a temporary large one is no longer needed.
+func (f *framer) compact() {
+	rest := f.w - f.r
+	if rest == 0 {
+		f.buf = f.small
+	} else if f.r > 0 {
+		copy(f.buf, f.buf[f.r:f.w])
+	}
+	f.r, f.w, f.fw = 0, rest, 0
+}
+
+// grow replaces the buffer with a larger one of size bytes; compact goes
+// back to the small buffer once the large message is framed. The buffer
+// holds no framed bytes (r == 0).
+func (f *framer) grow(size int) {
+	nb := make([]byte, size)
+	n := copy(nb, f.buf[f.r:f.w])
+	f.buf, f.r, f.w, f.fw = nb, 0, n, 0
+}
+
+// stream writes the whole buffer (framed messages and the prefix of a large
+// one) and then copies the remaining rest bytes of that message from src to
+// dst through the buffer.
+func (f *framer) stream(rest int) error {
+	f.r = f.w
+	if err := f.flush(); err != nil {
+		return err
+	}
+	f.midMessage = true
+	for rest > 0 {
+		b := f.buf
+		if rest < len(b) {
+			b = b[:rest]
+		}
+		n, err := f.src.Read(b)
+		f.in += int64(n)
+		if n > 0 {
+			rest -= n
+			if _, werr := f.dst.Write(b[:n]); werr != nil {
+				return &relayError{err: werr}
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return &relayError{read: true, err: err}
+		}
+	}
+	f.midMessage = false
+	f.r, f.w, f.fw = 0, 0, 0
+	return nil
+}
+
+// copyRaw relays bytes without framing (replication sessions).
+func (f *framer) copyRaw() error {
+	for {
+		n, err := f.src.Read(f.small)
+		f.in += int64(n)
+		if n > 0 {
+			if _, werr := f.dst.Write(f.small[:n]); werr != nil {
+				return &relayError{err: werr}
+			}
+		}
+		if err != nil {
+			return &relayError{read: true, err: err}
+		}
+	}
+}

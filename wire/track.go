@@ -1,0 +1,664 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Statement tracking.
+//
+// The frontendCopier appends a pending entry to the session's queue for
+// every client message that the backend answers (Query, Parse, Bind,
+// Describe, Execute, Close, Sync, FunctionCall), always before it forwards
+// the message, so the backendCopier never sees an answer before its entry.
+// The backendCopier consumes the entries in order as the answers arrive:
+//
+//	Parse→ParseComplete  Bind→BindComplete  Close→CloseComplete
+//	Describe→RowDescription|NoData  Execute→CommandComplete|EmptyQueryResponse|PortalSuspended
+//	Sync, Query, FunctionCall→ReadyForQuery (which also drops whatever the
+//	server skipped after an error, up to that Sync)
+//
+// An ErrorResponse in the extended protocol ends the first Execute waiting
+// before the next Sync (or, failing one, reports the failed Parse); the
+// server skips everything else up to the Sync, and those Executes produce no
+// event. NoticeResponse, NotificationResponse and ParameterStatus may
+// arrive at any time and match nothing.
+
+// maxHeld caps the finished statements held back for the ReadyForQuery that
+// gives their TxStatus; beyond it they leave early with TxStatus 0.
+const maxHeld = 1024
+
+// maxPrepared caps the prepared statements and portals remembered per
+// session; past it the maps are cleared (later executions of forgotten
+// statements report an empty Text).
+const maxPrepared = 1 << 16
+
+type pendingKind uint8
+
+const (
+	pendParse pendingKind = iota + 1
+	pendBind
+	pendDescribe
+	pendClose
+	pendSync
+	pendQuery
+	pendExecute
+	pendFunctionCall
+)
+
+// pending is a client request awaiting the backend's answer.
+type pending struct {
+	kind pendingKind
+	ev   *stmtEvent    // Query, Execute, FunctionCall: the event being built; nil once sent
+	prep *preparedStmt // Parse: the statement parsed
+}
+
+// stmtEvent is an Event and its Statement in one allocation.
+type stmtEvent struct {
+	ev Event
+	st Statement
+}
+
+// preparedStmt is a statement the client parsed. Only the frontendCopier
+// touches it.
+type preparedStmt struct {
+	name  string
+	text  string
+	batch uint64 // the frontend's Sync count when it was parsed
+	// execd and execBatch record the first Execute after the Parse.
+	execd     bool
+	execBatch uint64
+}
+
+type portal struct {
+	name string
+	stmt *preparedStmt
+}
+
+// Message types whose body the observers read in full.
+var (
+	frontendWhole = wholeTable("QPCESH")
+	backendWhole  = wholeTable("CEKSZRGHWIs123n")
+)
+
+func wholeTable(types string) *[256]bool {
+	var t [256]bool
+	for i := 0; i < len(types); i++ {
+		t[types[i]] = true
+	}
+	return &t
+}
+
+// frontendCopier relays client → upstream and records the requests.
+type frontendCopier struct {
+	s *session
+	f *framer
+
+	stmts         map[string]*preparedStmt
+	unnamed       *preparedStmt
+	portals       map[string]portal
+	unnamedPortal *preparedStmt
+	batch         uint64 // Syncs and Queries sent so far
+	lastQuery     string // the previous Query text, reused when it repeats
+	pendingIn     int64  // bytes sent since the last statement request
+}
+
+func newFrontendCopier(s *session) *frontendCopier {
+	return &frontendCopier{s: s, f: newFramer(s.client, s.upstream, frontendWhole)}
+}
+
+// copyToBackend is the client → upstream relay goroutine.
+func (fc *frontendCopier) copyToBackend(errc chan<- *endReason) {
+	var err error
+	if fc.s.replication {
+		err = fc.f.copyRaw()
+	} else {
+		err = fc.f.run(fc)
+	}
+	r := &endReason{side: SideClient, err: err}
+	var re *relayError
+	var pe *ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		r.side, r.proto = SideProxy, true
+	case errors.As(err, &re) && !re.read:
+		r.side = SideUpstream
+	case errors.Is(err, io.EOF):
+		// The client closed its side: pass the half-close on.
+		if cw, ok := fc.s.upstream.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		if fc.s.terminating.Load() {
+			r.err = nil
+		} else {
+			r.err = errors.New("client closed the connection without Terminate")
+		}
+	}
+	errc <- r
+}
+
+func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool) error {
+	size := int64(bodyLen) + 5
+	s := fc.s
+	if typ != 'd' && typ != 'c' && typ != 'f' && typ != 'p' { // copy data is counted apart; password messages are login, not a statement
+		fc.pendingIn += size
+	}
+	switch typ {
+	case 'Q':
+		text, _, _ := cstring(body)
+		if string(text) != fc.lastQuery {
+			fc.lastQuery = string(text)
+		}
+		fc.batch++
+		se := fc.newStmt(ProtocolSimple, fc.lastQuery)
+		s.push(pending{kind: pendQuery, ev: se})
+	case 'P':
+		name, rest, _ := cstring(body)
+		query, _, _ := cstring(rest)
+		s.push(pending{kind: pendParse, prep: fc.parse(name, query)})
+	case 'B':
+		fc.bind(body)
+		s.push(pending{kind: pendBind})
+	case 'D':
+		s.push(pending{kind: pendDescribe})
+	case 'E':
+		name, _, _ := cstring(body)
+		var prep *preparedStmt
+		var portalName string
+		if len(name) == 0 {
+			prep = fc.unnamedPortal
+		} else if p, ok := fc.portals[string(name)]; ok {
+			prep, portalName = p.stmt, p.name
+		} else {
+			portalName = string(name)
+		}
+		se := fc.newStmt(ProtocolExtended, "")
+		se.st.PortalName = portalName
+		if prep != nil {
+			se.st.Text = prep.text
+			se.st.StatementName = prep.name
+			// A comment in the text parents the executions of its own
+			// batch, or, when none ran there, those of the batch right
+			// after it: drivers such as pgx prepare in one round trip
+			// (Parse, Describe, Sync) and execute in the next. Any other
+			// execution is a reuse and gets no parent (DESIGN.md
+			// decision 5: never a stale one).
+			if !prep.execd {
+				prep.execd, prep.execBatch = true, fc.batch
+			}
+			fresh := fc.batch == prep.batch ||
+				(fc.batch == prep.batch+1 && prep.execBatch == fc.batch)
+			se.st.Reused = !fresh
+		}
+		s.push(pending{kind: pendExecute, ev: se})
+	case 'C':
+		if len(body) > 0 {
+			name, _, _ := cstring(body[1:])
+			switch body[0] {
+			case 'S':
+				if len(name) == 0 {
+					fc.unnamed = nil
+				} else {
+					delete(fc.stmts, string(name))
+				}
+			case 'P':
+				if len(name) == 0 {
+					fc.unnamedPortal = nil
+				} else {
+					delete(fc.portals, string(name))
+				}
+			}
+		}
+		s.push(pending{kind: pendClose})
+	case 'S':
+		fc.batch++
+		s.push(pending{kind: pendSync})
+	case 'F':
+		se := fc.newStmt(ProtocolFunctionCall, "")
+		if len(body) >= 4 {
+			se.st.FunctionOID = binary.BigEndian.Uint32(body)
+		}
+		s.push(pending{kind: pendFunctionCall, ev: se})
+	case 'd', 'c', 'f':
+		s.copyIn.Add(size)
+	case 'X':
+		s.terminating.Store(true)
+	}
+	return nil
+}
+
+// newStmt starts the event of a request; BytesIn takes the bytes sent since
+// the previous request (its Parse, Bind and Describe) and the request itself.
+func (fc *frontendCopier) newStmt(p Protocol, text string) *stmtEvent {
+	se := &stmtEvent{}
+	se.ev.Kind = StatementDone
+	se.ev.Stmt = &se.st
+	se.st.Protocol = p
+	se.st.Text = text
+	se.st.Start = time.Now()
+	se.st.BytesIn = fc.pendingIn
+	fc.pendingIn = 0
+	return se
+}
+
+// parse records a Parse. The text is copied out of the read buffer, unless
+// the statement already has exactly this text.
+func (fc *frontendCopier) parse(name, query []byte) *preparedStmt {
+	var old *preparedStmt
+	if len(name) == 0 {
+		old = fc.unnamed
+	} else {
+		old = fc.stmts[string(name)]
+	}
+	if old != nil && old.text == string(query) {
+		old.batch, old.execd = fc.batch, false
+		return old
+	}
+	p := &preparedStmt{text: string(query), batch: fc.batch}
+	if len(name) == 0 {
+		fc.unnamed = p
+		return p
+	}
+	if fc.stmts == nil || len(fc.stmts) >= maxPrepared {
+		fc.stmts = make(map[string]*preparedStmt)
+	}
+	p.name = string(name)
+	fc.stmts[p.name] = p
+	return p
+}
+
+// bind records which statement a portal runs. body may be only a prefix of
+// a large Bind; the names come first.
+func (fc *frontendCopier) bind(body []byte) {
+	pname, rest, ok := cstring(body)
+	if !ok {
+		return
+	}
+	sname, _, ok := cstring(rest)
+	if !ok {
+		return
+	}
+	var prep *preparedStmt
+	if len(sname) == 0 {
+		prep = fc.unnamed
+	} else {
+		prep = fc.stmts[string(sname)]
+	}
+	if len(pname) == 0 {
+		fc.unnamedPortal = prep
+		return
+	}
+	if p, ok := fc.portals[string(pname)]; ok {
+		p.stmt = prep
+		fc.portals[p.name] = p
+		return
+	}
+	if fc.portals == nil || len(fc.portals) >= maxPrepared {
+		fc.portals = make(map[string]portal)
+	}
+	n := string(pname)
+	fc.portals[n] = portal{name: n, stmt: prep}
+}
+
+// push appends a request to the queue.
+func (s *session) push(p pending) {
+	s.mu.Lock()
+	if s.qhead == len(s.queue) {
+		s.queue, s.qhead = s.queue[:0], 0
+	}
+	s.queue = append(s.queue, p)
+	s.mu.Unlock()
+}
+
+// backendCopier relays upstream → client and finishes the statements.
+type backendCopier struct {
+	s *session
+	f *framer
+
+	rows    int64 // DataRows of the statement in progress
+	copy    bool  // the statement in progress ran a COPY
+	out     int64 // bytes received since the previous statement ended
+	index   int   // statements finished in the current Query
+	lastEnd time.Time
+	lastTag string // the previous command tag, reused when it repeats
+	// lastText is the Text of the previous statement, for the later
+	// statements of a multi-statement Query.
+	lastText string
+	held     []*stmtEvent
+	fatalErr *ServerError // the last FATAL/PANIC the upstream sent
+}
+
+func newBackendCopier(s *session) *backendCopier {
+	return &backendCopier{s: s, f: newFramer(s.upstream, s.client, backendWhole)}
+}
+
+// copyFromBackend is the upstream → client relay goroutine.
+func (bc *backendCopier) copyFromBackend(errc chan<- *endReason) {
+	var err error
+	if bc.s.replication {
+		err = bc.f.copyRaw()
+	} else {
+		err = bc.f.run(bc)
+	}
+	r := &endReason{side: SideUpstream, err: err}
+	var re *relayError
+	var pe *ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		r.err = fmt.Errorf("invalid message from upstream: %w", err)
+		r.lost = true
+	case errors.As(err, &re) && !re.read:
+		r.side = SideClient // the client is gone
+	case bc.s.terminating.Load():
+		r.side, r.err = SideClient, nil // the upstream closed after Terminate
+	case bc.fatalErr != nil:
+		r.err = bc.fatalErr // the upstream said why before it closed
+	default:
+		r.lost = true // the upstream died without a word
+	}
+	errc <- r
+}
+
+func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool) error {
+	bc.out += int64(bodyLen) + 5
+	switch typ {
+	case 'D':
+		bc.rows++
+	case 'T', 'n':
+		bc.s.popIf(pendDescribe)
+	case '1':
+		bc.s.popIf(pendParse)
+	case '2':
+		bc.s.popIf(pendBind)
+	case '3':
+		bc.s.popIf(pendClose)
+	case 'C':
+		tag, _, _ := cstring(body)
+		bc.finish(OutcomeComplete, tag, nil)
+	case 'I':
+		bc.finish(OutcomeEmpty, nil, nil)
+	case 's':
+		bc.finish(OutcomeSuspended, nil, nil)
+	case 'V':
+		bc.finish(OutcomeComplete, nil, nil)
+	case 'G', 'H', 'W':
+		bc.copy = true
+	case 'E':
+		return bc.errorResponse(body)
+	case 'Z':
+		if len(body) >= 1 {
+			bc.readyForQuery(body[0])
+		}
+	case 'K':
+		if len(body) >= 8 {
+			bc.s.mu.Lock()
+			bc.s.info.BackendPID = binary.BigEndian.Uint32(body)
+			bc.s.key = bytes.Clone(body)
+			bc.s.mu.Unlock()
+		}
+	case 'S':
+		name, rest, _ := cstring(body)
+		if string(name) == "application_name" {
+			val, _, _ := cstring(rest)
+			bc.s.mu.Lock()
+			if bc.s.info.Application != string(val) {
+				bc.s.info.Application = string(val)
+			}
+			bc.s.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// popIf consumes the oldest request if it is of kind k.
+func (s *session) popIf(k pendingKind) {
+	s.mu.Lock()
+	if s.qhead < len(s.queue) && s.queue[s.qhead].kind == k {
+		s.queue[s.qhead] = pending{}
+		s.qhead++
+	}
+	s.mu.Unlock()
+}
+
+// finish ends the statement the oldest request is running, if any.
+func (bc *backendCopier) finish(o Outcome, tag []byte, e *pgproto3.ErrorResponse) {
+	s := bc.s
+	now := time.Now()
+	s.mu.Lock()
+	var se *stmtEvent
+	if s.qhead < len(s.queue) {
+		p := &s.queue[s.qhead]
+		switch p.kind {
+		case pendQuery:
+			if p.ev != nil {
+				se, p.ev = p.ev, nil
+			} else {
+				// A later statement of a multi-statement Query; it started
+				// when the previous one ended.
+				se = &stmtEvent{}
+				se.ev.Kind = StatementDone
+				se.ev.Stmt = &se.st
+				se.st.Protocol = ProtocolSimple
+				se.st.Text = bc.lastText
+				se.st.Start = bc.lastEnd
+			}
+			se.st.Index = bc.index
+			bc.index++
+		case pendFunctionCall:
+			se, p.ev = p.ev, nil
+		case pendExecute:
+			se = p.ev
+			*p = pending{}
+			s.qhead++
+		}
+	}
+	s.mu.Unlock()
+	if se == nil {
+		return
+	}
+	bc.complete(se, now, o, tag, e)
+}
+
+// complete fills in the end of a statement and holds it for the next
+// ReadyForQuery.
+func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag []byte, e *pgproto3.ErrorResponse) {
+	st := &se.st
+	st.End = now
+	st.Outcome = o
+	switch o {
+	case OutcomeComplete:
+		if len(tag) > 0 {
+			if string(tag) != bc.lastTag {
+				bc.lastTag = string(tag)
+			}
+			st.CommandTag = bc.lastTag
+			st.Rows = tagRows(tag)
+		}
+	case OutcomeSuspended:
+		st.Rows = bc.rows
+	case OutcomeError:
+		st.SQLState = e.Code
+		st.ErrorMessage = e.Message
+		st.Severity = e.SeverityUnlocalized
+		if st.Severity == "" {
+			st.Severity = e.Severity
+		}
+	}
+	st.Copy = bc.copy
+	if st.Copy {
+		st.BytesIn += bc.s.copyIn.Swap(0)
+	}
+	st.BytesOut = bc.out
+	bc.out = 0
+	bc.rows = 0
+	bc.copy = false
+	bc.lastEnd = now
+	bc.lastText = st.Text
+	bc.s.statements.Add(1)
+	bc.held = append(bc.held, se)
+	if len(bc.held) >= maxHeld {
+		bc.release(0)
+	}
+}
+
+// release sends the held statement events with TxStatus tx.
+func (bc *backendCopier) release(tx byte) int {
+	n := len(bc.held)
+	for i, se := range bc.held {
+		se.st.TxStatus = tx
+		bc.s.emit(&se.ev)
+		bc.held[i] = nil
+	}
+	bc.held = bc.held[:0]
+	return n
+}
+
+// abandon ends the requests still awaiting an answer as failed with
+// SQLSTATE 08006 (connection failure): the upstream connection was lost.
+// Only after the backendCopier has returned.
+func (bc *backendCopier) abandon(cause error) {
+	s := bc.s
+	s.mu.Lock()
+	var lost []*stmtEvent
+	for ; s.qhead < len(s.queue); s.qhead++ {
+		if se := s.queue[s.qhead].ev; se != nil {
+			lost = append(lost, se)
+		}
+		s.queue[s.qhead] = pending{}
+	}
+	s.mu.Unlock()
+	e := &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006",
+		Message: fmt.Sprintf("pgtrace: lost connection to upstream: %v", cause)}
+	now := time.Now()
+	for _, se := range lost {
+		bc.complete(se, now, OutcomeError, nil, e)
+	}
+}
+
+// readyForQuery consumes requests up to the Sync, Query or FunctionCall it
+// answers (dropping Executes the server skipped after an error) and sends
+// the held events.
+func (bc *backendCopier) readyForQuery(tx byte) {
+	s := bc.s
+	s.mu.Lock()
+	changed := s.info.TxStatus != tx
+	s.info.TxStatus = tx
+	for s.qhead < len(s.queue) {
+		k := s.queue[s.qhead].kind
+		s.queue[s.qhead] = pending{}
+		s.qhead++
+		if k == pendSync || k == pendQuery || k == pendFunctionCall {
+			break
+		}
+	}
+	first := !s.ready
+	s.ready = true
+	s.mu.Unlock()
+	bc.index = 0
+	if first {
+		s.emit(&Event{Kind: ConnAuthenticated, ConnectDuration: time.Since(s.dialStart)})
+		return
+	}
+	if bc.release(tx) == 0 && changed {
+		s.emit(&Event{Kind: TxStatus})
+	}
+}
+
+// errorResponse handles an ErrorResponse: a failed login before the first
+// ReadyForQuery, a failed statement after it.
+func (bc *backendCopier) errorResponse(body []byte) error {
+	var e pgproto3.ErrorResponse
+	if err := e.Decode(body); err != nil {
+		return &ProtocolError{Type: 'E', Len: int64(len(body)) + 4, Err: err}
+	}
+	sev := e.SeverityUnlocalized
+	if sev == "" {
+		sev = e.Severity
+	}
+	if sev == "FATAL" || sev == "PANIC" {
+		bc.fatalErr = &ServerError{Severity: sev, Code: e.Code, Message: e.Message}
+	}
+	s := bc.s
+	s.mu.Lock()
+	if !s.ready {
+		s.mu.Unlock()
+		s.emit(&Event{Kind: ConnAuthFailed, ConnectDuration: time.Since(s.dialStart),
+			Err: &ServerError{Severity: sev, Code: e.Code, Message: e.Message}})
+		return nil
+	}
+	if s.qhead == len(s.queue) {
+		s.mu.Unlock()
+		return nil // not an answer to anything (e.g. FATAL on an idle session)
+	}
+	head := s.queue[s.qhead].kind
+	if head == pendQuery || head == pendFunctionCall {
+		s.mu.Unlock()
+		bc.finish(OutcomeError, nil, &e)
+		return nil
+	}
+	// Extended protocol: the error belongs to the first Execute before the
+	// next Sync; everything up to it was skipped or failed.
+	var se *stmtEvent
+	var prep *preparedStmt
+	if head == pendParse {
+		prep = s.queue[s.qhead].prep
+	}
+	for i := s.qhead; i < len(s.queue) && s.queue[i].kind != pendSync; i++ {
+		if s.queue[i].kind == pendExecute {
+			se = s.queue[i].ev
+			for ; s.qhead <= i; s.qhead++ {
+				s.queue[s.qhead] = pending{}
+			}
+			break
+		}
+	}
+	s.mu.Unlock()
+	now := time.Now()
+	if se == nil && prep != nil {
+		// A Parse failed with no Execute queued behind it (a prepare).
+		se = &stmtEvent{}
+		se.ev.Kind = StatementDone
+		se.ev.Stmt = &se.st
+		se.st.Protocol = ProtocolExtended
+		se.st.Text = prep.text
+		se.st.StatementName = prep.name
+		se.st.Start = now
+	}
+	if se != nil {
+		bc.complete(se, now, OutcomeError, nil, &e)
+	}
+	return nil
+}
+
+// tagRows is the row count at the end of a command tag ("INSERT 0 5" → 5);
+// 0 when the tag has none.
+func tagRows(tag []byte) int64 {
+	i := bytes.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.ParseInt(string(tag[i+1:]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// ServerError is an ErrorResponse from the upstream that ended a login or a
+// session (Event.Err of ConnAuthFailed and ConnClosed).
+type ServerError struct {
+	Severity string // FATAL, PANIC or ERROR
+	Code     string // SQLSTATE
+	Message  string
+}
+
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("%s: %s (SQLSTATE %s)", e.Severity, e.Message, e.Code)
+}
