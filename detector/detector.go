@@ -1,0 +1,280 @@
+package detector
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Detector finds slow queries, N+1 patterns, transactions left idle and
+// connection churn, and keeps per-fingerprint statistics.
+//
+// Observe and ObserveConn must be called from one goroutine, in wire order
+// per connection; Tick from another (a ticker); the readers from any. One
+// mutex guards everything: Observe holds it for well under a microsecond,
+// readers for a copy (and, in Queries, a sort) of the state.
+type Detector struct {
+	cfg Config
+
+	mu sync.Mutex
+
+	// Per-fingerprint statistics, bounded by cfg.MaxFingerprints.
+	stats       map[string]*fpStats
+	scratch     []*fpStats // reused by evictFingerprints
+	fpEvictions uint64
+
+	// N+1 groups with trace context, bounded by cfg.MaxNPlusOneGroups and
+	// aged by cfg.NPlusOneGroupTTL; groupLRU orders them by last execution.
+	groups         map[groupKey]*group
+	groupLRU       lruList[*group]
+	groupEvictions uint64
+	groupExpiries  uint64
+	nPlusOneGroups uint64 // groups that reached the threshold
+	connNPlusOnes  uint64 // connection-fallback runs that reached it
+
+	// Connections, bounded by cfg.MaxConnections.
+	conns         map[uint64]*connState
+	connLRU       lruList[*connState]
+	connEvictions uint64
+	idleByApp     map[string]time.Duration
+	churn         map[string]*churnState
+	idleEpisodes  uint64
+	churnDetected uint64
+
+	findings   findingRing
+	byType     map[FindingType]uint64
+	statements uint64
+	resetAt    time.Time
+}
+
+// Stats are the detector's counters and sizes.
+type Stats struct {
+	Statements           uint64 // statements observed since New
+	Fingerprints         int    // fingerprints with statistics now
+	FingerprintEvictions uint64 // fingerprints evicted (least total time) to stay within MaxFingerprints
+
+	NPlusOneGroups         int    // trace groups tracked now
+	NPlusOneGroupEvictions uint64 // trace groups evicted to stay within MaxNPlusOneGroups
+	NPlusOneGroupExpiries  uint64 // trace groups forgotten after NPlusOneGroupTTL
+	NPlusOneDetected       uint64 // N+1 groups detected (trace and connection fallback)
+
+	Connections         int    // connections tracked now
+	ConnectionEvictions uint64 // connections dropped to stay within MaxConnections
+
+	Findings        int                    // findings in the ring now
+	FindingsDropped uint64                 // findings pushed out of the full ring
+	FindingsByType  map[FindingType]uint64 // findings created, by type, since New
+
+	// IdleInTransaction is the time connections spent idle inside a
+	// transaction, per application ("" when unknown), since the last Reset.
+	IdleInTransaction map[string]time.Duration
+	ResetAt           time.Time // last Reset, or New
+}
+
+// New returns a Detector with cfg's zero fields set to their defaults.
+func New(cfg Config) *Detector {
+	cfg = cfg.withDefaults()
+	d := &Detector{
+		cfg:       cfg,
+		stats:     make(map[string]*fpStats),
+		groups:    make(map[groupKey]*group),
+		conns:     make(map[uint64]*connState),
+		idleByApp: make(map[string]time.Duration),
+		churn:     make(map[string]*churnState),
+		findings:  newFindingRing(cfg.MaxFindings),
+		byType:    make(map[FindingType]uint64),
+		resetAt:   cfg.Now(),
+	}
+	return d
+}
+
+// Config returns the configuration in use, defaults filled in.
+func (d *Detector) Config() Config { return d.cfg }
+
+// pending holds the findings an Observe call announces through OnFinding
+// once the lock is released. A statement makes at most a slow and an N+1
+// finding.
+type pending struct {
+	f [2]Finding
+	n int
+}
+
+func (p *pending) add(f *Finding) {
+	if p.n < len(p.f) {
+		p.f[p.n] = *f
+		p.n++
+	}
+}
+
+// Observe records one executed statement and returns what the exporter
+// should mark on its span and metrics. s and what it points to are not kept.
+func (d *Detector) Observe(s *Statement) Verdict {
+	st := s.Stmt
+	if st == nil || s.Query == nil {
+		return Verdict{}
+	}
+	dur := st.Duration()
+	if dur < 0 {
+		dur = 0
+	}
+	var v Verdict
+	var p pending
+
+	d.mu.Lock()
+	d.statements++
+
+	// Statistics.
+	fp := s.Query.Fingerprint
+	f := d.stats[fp]
+	if f == nil {
+		if len(d.stats) >= d.cfg.MaxFingerprints {
+			d.evictFingerprints()
+		}
+		f = newFPStats(s.Query)
+		d.stats[fp] = f
+	}
+	f.observe(s, dur)
+
+	// Connection state: transaction status, idle time, the fallback runs.
+	c := d.connFor(s.Conn, st.End)
+	inTx := c.beforeStatement(d, st)
+
+	// Slow query.
+	if dur >= d.cfg.SlowThreshold {
+		v.Slow = true
+		fd := d.slowFinding(s, dur)
+		d.addFinding(fd)
+		p.add(fd)
+	}
+
+	// N+1.
+	control := isTxControl(s.Query)
+	if s.Parent.IsValid() {
+		if !control {
+			d.observeTraceGroup(s, dur, &v, &p)
+		}
+		c.otherStatement(control)
+	} else {
+		d.observeConnRun(c, s, dur, control, inTx, &v, &p)
+	}
+	c.afterStatement(s, st)
+	d.mu.Unlock()
+
+	if d.cfg.OnFinding != nil {
+		for i := 0; i < p.n; i++ {
+			d.cfg.OnFinding(p.f[i])
+		}
+	}
+	return v
+}
+
+// addFinding stores f in the ring, counts it, and returns its sequence.
+// The caller holds d.mu.
+func (d *Detector) addFinding(f *Finding) uint64 {
+	d.byType[f.Type]++
+	return d.findings.add(*f)
+}
+
+// Tick runs the time-based checks: transactions left idle past the
+// threshold, and the aging of N+1 groups and connection state. The pipeline
+// calls it about once a second.
+func (d *Detector) Tick(now time.Time) {
+	var announce []Finding
+	d.mu.Lock()
+	announce = d.checkIdle(now, announce)
+	cutoff := now.Add(-d.cfg.NPlusOneGroupTTL)
+	for g := d.groupLRU.oldest(); g != nil && g.last.Before(cutoff); g = d.groupLRU.oldest() {
+		d.dropGroup(g)
+		d.groupExpiries++
+	}
+	d.expireConns(now)
+	d.mu.Unlock()
+	if d.cfg.OnFinding != nil {
+		for _, f := range announce {
+			d.cfg.OnFinding(f)
+		}
+	}
+}
+
+// Findings returns the findings in the ring of type typ ("" for all) last
+// seen at or after since (zero for all), most recently seen first.
+func (d *Detector) Findings(typ FindingType, since time.Time) []Finding {
+	out := []Finding{}
+	d.mu.Lock()
+	d.findings.newestFirst(func(f *Finding) bool {
+		if (typ == "" || f.Type == typ) && !f.LastSeen.Before(since) {
+			out = append(out, *f)
+		}
+		return true
+	})
+	d.mu.Unlock()
+	slices.SortStableFunc(out, func(a, b Finding) int { return cmp.Compare(b.LastSeen.UnixNano(), a.LastSeen.UnixNano()) })
+	return out
+}
+
+// Reset clears the statistics, the findings, the N+1 groups and the churn
+// and idle-time accounting. The state of live connections (transaction
+// status) is kept, so an open transaction is still watched; their N+1 runs
+// start over. Counters in Stats that say "since New" are kept.
+func (d *Detector) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.stats)
+	d.scratch = nil
+	for g := d.groupLRU.oldest(); g != nil; g = d.groupLRU.oldest() {
+		d.dropGroup(g)
+	}
+	for _, c := range d.conns {
+		c.resetRuns()
+		c.idleFinding = 0
+	}
+	clear(d.idleByApp)
+	clear(d.churn)
+	d.findings.reset()
+	d.resetAt = d.cfg.Now()
+}
+
+// Stats returns the detector's counters.
+func (d *Detector) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := Stats{
+		Statements:             d.statements,
+		Fingerprints:           len(d.stats),
+		FingerprintEvictions:   d.fpEvictions,
+		NPlusOneGroups:         len(d.groups),
+		NPlusOneGroupEvictions: d.groupEvictions,
+		NPlusOneGroupExpiries:  d.groupExpiries,
+		NPlusOneDetected:       d.nPlusOneGroups + d.connNPlusOnes,
+		Connections:            len(d.conns),
+		ConnectionEvictions:    d.connEvictions,
+		Findings:               d.findings.len(),
+		FindingsDropped:        d.findings.dropped,
+		FindingsByType:         make(map[FindingType]uint64, len(d.byType)),
+		IdleInTransaction:      make(map[string]time.Duration, len(d.idleByApp)),
+		ResetAt:                d.resetAt,
+	}
+	for k, v := range d.byType {
+		s.FindingsByType[k] = v
+	}
+	for k, v := range d.idleByApp {
+		s.IdleInTransaction[k] = v
+	}
+	return s
+}
+
+// IdleInTransaction returns the time connections of app spent idle inside
+// a transaction since the last Reset, including the current idle stretch
+// of connections still idle in one at now.
+func (d *Detector) IdleInTransaction(app string, now time.Time) time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t := d.idleByApp[app]
+	for _, c := range d.conns {
+		if c.app() == app && c.inTx() && now.After(c.lastEnd) {
+			t += now.Sub(c.lastEnd)
+		}
+	}
+	return t
+}

@@ -1,0 +1,12 @@
+// Package detector turns enriched statement events into findings and
+// per-query statistics: slow queries, N+1 patterns (per trace, or per
+// connection when there is no trace context), transactions left idle,
+// connection churn, and pg_stat_statements-like statistics with tail
+// latencies from a bounded sketch.
+//
+// It is pure code over observed statements: it knows nothing about
+// OpenTelemetry or HTTP. The pipeline feeds it from one goroutine
+// (Observe, ObserveConn) and a ticker (Tick); readers (Queries, Findings,
+// Stats, Reset) may call from any goroutine. Every piece of state it keeps
+// is bounded, with an eviction rule and a counter (DESIGN.md decision 8).
+package detector
