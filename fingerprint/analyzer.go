@@ -1,0 +1,438 @@
+package fingerprint
+
+import (
+	"fmt"
+	"hash/maphash"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	pg "github.com/pganalyze/pg_query_go/v5"
+)
+
+// Defaults for the zero Config.
+const (
+	DefaultCacheSize          = 10000
+	DefaultMaxStatementLength = 64 << 10
+	DefaultTenantKey          = "tenant_id"
+)
+
+// maxKeptText is the longest body a cache entry keeps to check a hit
+// against. Longer bodies are checked by a second, independent 64-bit hash
+// instead, so a full cache of long statements does not hold up to
+// CacheSize × MaxStatementLength bytes.
+const maxKeptText = 4 << 10
+
+// truncatedPrefix is how much of an over-long statement is normalized (by
+// the lexer) for display.
+const truncatedPrefix = 1 << 10
+
+// Analyzer analyzes statement texts and caches what it learned per distinct
+// comment-stripped text. It is safe for concurrent use.
+type Analyzer struct {
+	cfg    Config
+	seed   maphash.Seed // cache key hash
+	seed2  maphash.Seed // hit check of entries that do not keep their text
+	shards []*lru.Cache[uint64, *entry]
+	mask   uint64
+
+	hits, misses, evictions atomic.Uint64
+	invalidTraceparents     atomic.Uint64
+	fallbacks               atomic.Uint64
+}
+
+// entry is a cached analysis. It never changes after it is stored.
+type entry struct {
+	text    string // the body, when at most maxKeptText long
+	check   uint64 // maphash of the body under seed2, for longer bodies
+	queries []*Query
+	// open: the body ends in an unterminated literal or identifier, so
+	// quickScan's outline of a text holding it cannot be trusted.
+	open bool
+}
+
+// New returns an Analyzer for cfg; zero fields take their defaults.
+func New(cfg Config) *Analyzer {
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
+	if cfg.MaxStatementLength <= 0 {
+		cfg.MaxStatementLength = DefaultMaxStatementLength
+	}
+	if cfg.TenantKey == "" {
+		cfg.TenantKey = DefaultTenantKey
+	}
+	// Shards spread lock contention between the proxy's goroutines; each is
+	// an LRU of its share of the capacity. Small caches get fewer shards so
+	// the total stays CacheSize.
+	n := 16
+	for n > 1 && cfg.CacheSize < n*4 {
+		n /= 2
+	}
+	a := &Analyzer{
+		cfg:    cfg,
+		seed:   maphash.MakeSeed(),
+		seed2:  maphash.MakeSeed(),
+		shards: make([]*lru.Cache[uint64, *entry], n),
+		mask:   uint64(n - 1),
+	}
+	per := cfg.CacheSize / n
+	for i := range a.shards {
+		size := per
+		if i < cfg.CacheSize%n {
+			size++
+		}
+		c, err := lru.NewWithEvict(size, func(uint64, *entry) { a.evictions.Add(1) })
+		if err != nil { // only for size <= 0, which cannot happen here
+			panic(fmt.Sprintf("fingerprint: lru cache of %d: %v", size, err))
+		}
+		a.shards[i] = c
+	}
+	return a
+}
+
+// Config returns the configuration in use, defaults filled in.
+func (a *Analyzer) Config() Config { return a.cfg }
+
+// Analyze returns what pgtrace knows of sql, a statement text as a client
+// sent it (a whole simple Query string or a Parse text). It never panics and
+// never fails: texts PostgreSQL's parser rejects get a lexer-based
+// fingerprint (Query.Fallback). Result.Queries is shared with the cache and
+// with other callers; Tags values may alias sql.
+//
+// The steady state (a text whose body is cached) costs a look at the ends of
+// sql for its comments (quickScan), a hash of the body and one cache lookup;
+// sql is lexed in full only when that finds nothing. It allocates only to
+// URL-decode tag values that need it.
+func (a *Analyzer) Analyze(sql string) Result {
+	var res Result
+	// Fast path: a body the cache knows, found without lexing it.
+	if sc, ok := quickScan(sql); ok {
+		if qs, hit := a.lookup(sc.body, true); hit {
+			a.readTags(&res, &sc)
+			res.Queries = qs
+			return res
+		}
+	}
+	sc := scan(sql)
+	a.readTags(&res, &sc)
+	res.Queries = a.queries(&sc)
+	return res
+}
+
+// readTags fills the tags and trace context of res from the tag comment.
+func (a *Analyzer) readTags(res *Result, sc *scanned) {
+	var traceparent, tracestate string
+	it, k, v, ok := sc.firstPair()
+	for ; ok; k, v, ok = it.next() {
+		// Known keys are plain ASCII: match the raw key first and decode
+		// only keys that match none.
+		switch k {
+		case "traceparent":
+			traceparent = v // decoded below, only if it does not parse raw
+			continue
+		case "tracestate":
+			tracestate = v
+			continue
+		}
+		dk := decodeTag(k)
+		switch dk {
+		case "traceparent":
+			traceparent = v
+			continue
+		case "tracestate":
+			tracestate = v
+			continue
+		}
+		if !a.setTag(res, dk, v) && a.cfg.KeepUnknownTags {
+			if res.Tags.Extra == nil {
+				res.Tags.Extra = make(map[string]string)
+			}
+			res.Tags.Extra[dk] = decodeTag(v)
+		}
+	}
+	if traceparent == "" {
+		return
+	}
+	tc, err := ParseTraceparent(traceparent)
+	if err != nil {
+		if d := decodeTag(traceparent); d != traceparent {
+			tc, err = ParseTraceparent(d)
+		}
+	}
+	if err != nil {
+		res.TraceInvalid = true
+		a.invalidTraceparents.Add(1)
+		return
+	}
+	if tracestate = decodeTag(tracestate); len(tracestate) <= maxTraceState {
+		tc.TraceState = tracestate
+	}
+	res.Trace = tc
+}
+
+// setTag stores the (still encoded) value v of the known tag key k in res
+// and reports whether k was one.
+func (a *Analyzer) setTag(res *Result, k, v string) bool {
+	var dst *string
+	switch k {
+	case "application":
+		dst = &res.Tags.Application
+	case "route":
+		dst = &res.Tags.Route
+	case "controller":
+		dst = &res.Tags.Controller
+	case "action":
+		dst = &res.Tags.Action
+	case "framework":
+		dst = &res.Tags.Framework
+	case "db_driver":
+		dst = &res.Tags.DBDriver
+	default:
+		if k != a.cfg.TenantKey {
+			return false
+		}
+		dst = &res.Tags.Tenant
+	}
+	*dst = decodeTag(v)
+	return true
+}
+
+// queries returns the analysis of a comment-stripped body, from the cache
+// when it is there.
+func (a *Analyzer) queries(sc *scanned) []*Query {
+	body := sc.body
+	if body == "" {
+		return nil
+	}
+	if qs, hit := a.lookup(body, false); hit {
+		return qs
+	}
+	a.misses.Add(1)
+	h := maphash.String(a.seed, body)
+	shard := a.shards[h&a.mask]
+	e := &entry{queries: a.analyzeBody(body), open: sc.open}
+	if len(body) <= maxKeptText {
+		e.text = strings.Clone(body)
+	} else {
+		e.check = maphash.String(a.seed2, body)
+	}
+	for _, q := range e.queries {
+		if q.Fallback {
+			a.fallbacks.Add(1)
+		}
+	}
+	shard.Add(h, e)
+	return e.queries
+}
+
+// lookup returns the cached analysis of body and counts a hit, or reports
+// a miss without counting it. quick is set for bodies from quickScan, which
+// must not match entries whose body ends in an open token.
+func (a *Analyzer) lookup(body string, quick bool) ([]*Query, bool) {
+	h := maphash.String(a.seed, body)
+	if e, ok := a.shards[h&a.mask].Get(h); ok && e.matches(a, body) && !(quick && e.open) {
+		a.hits.Add(1)
+		return e.queries, true
+	}
+	return nil, false
+}
+
+func (e *entry) matches(a *Analyzer, body string) bool {
+	if len(body) <= maxKeptText {
+		return e.text == body
+	}
+	return e.text == "" && e.check == maphash.String(a.seed2, body)
+}
+
+// analyzeBody parses a body (the cache-miss path). A panic anywhere in it
+// (a parser bug on hostile input) becomes a fallback result.
+func (a *Analyzer) analyzeBody(body string) (qs []*Query) {
+	defer func() {
+		if r := recover(); r != nil {
+			q := fallbackQuery(body, fmt.Sprintf("internal error: %v", r))
+			qs = []*Query{q}
+		}
+	}()
+	if len(body) > a.cfg.MaxStatementLength {
+		return []*Query{truncatedQuery(body, a.cfg.MaxStatementLength)}
+	}
+	tree, err := pg.Parse(body)
+	if err != nil {
+		// Some statement does not parse: split with the lexer and give each
+		// statement its own chance (one bad statement of a batch does not
+		// spoil the others).
+		parts := splitStatements(body)
+		if len(parts) == 1 {
+			return []*Query{fallbackQuery(parts[0], err.Error())}
+		}
+		for _, p := range parts {
+			qs = append(qs, analyzeStatement(p, nil))
+		}
+		return qs
+	}
+	// The parser's own statement boundaries (pg_query's scanner-based
+	// splitter drops short statements it does not recognize, and a lexer
+	// would split CREATE FUNCTION … BEGIN ATOMIC bodies).
+	stmts := tree.GetStmts()
+	for _, raw := range stmts {
+		p, ok := stmtText(body, raw)
+		if !ok {
+			return []*Query{fallbackQuery(body, "statement boundaries out of range")}
+		}
+		var stmt *pg.Node
+		if len(stmts) == 1 {
+			stmt = raw.GetStmt() // the tree of body is the tree of p
+		}
+		qs = append(qs, analyzeStatement(p, stmt))
+	}
+	return qs
+}
+
+// stmtText returns the text of raw within body, trimmed.
+func stmtText(body string, raw *pg.RawStmt) (string, bool) {
+	loc, n := int(raw.GetStmtLocation()), int(raw.GetStmtLen())
+	if loc < 0 || loc > len(body) || n < 0 || loc+n > len(body) {
+		return "", false
+	}
+	if n == 0 { // the last statement runs to the end
+		n = len(body) - loc
+	}
+	return strings.TrimSpace(body[loc : loc+n]), true
+}
+
+// splitStatements splits text at the semicolons outside literals, quoted
+// identifiers and comments, dropping statements without code. It always
+// returns at least one text.
+func splitStatements(text string) []string {
+	var parts []string
+	start, code := 0, false
+	l := lexer{s: text}
+	for t := l.next(); ; t = l.next() {
+		switch t.kind {
+		case tkSpace, tkLineComment, tkBlockComment:
+			continue
+		case tkSemicolon, tkEOF:
+			if code {
+				parts = append(parts, strings.TrimSpace(text[start:t.start]))
+			}
+			if t.kind == tkEOF {
+				if len(parts) == 0 {
+					parts = append(parts, strings.TrimSpace(text))
+				}
+				return parts
+			}
+			start, code = t.end, false
+		default:
+			code = true
+		}
+	}
+}
+
+// analyzeStatement analyzes one statement with pg_query. stmt is its parse
+// tree when the caller has it, else nil.
+func analyzeStatement(text string, stmt *pg.Node) *Query {
+	if stmt == nil {
+		tree, err := pg.Parse(text)
+		if err != nil {
+			return fallbackQuery(text, err.Error())
+		}
+		if stmts := tree.GetStmts(); len(stmts) > 0 {
+			stmt = stmts[0].GetStmt()
+		}
+	}
+	fp, err := pg.FingerprintToUInt64(text)
+	if err != nil {
+		return fallbackQuery(text, err.Error())
+	}
+	norm, err := pg.Normalize(text)
+	if err != nil {
+		return fallbackQuery(text, err.Error())
+	}
+	// pg_query keeps comments and layout, and it leaves the constants of
+	// most utility statements alone (CALL p(42), DEFAULT 'x' in DDL). A
+	// second pass drops comments, folds whitespace and replaces whatever
+	// literal is left, numbering after pg_query's $n.
+	norm, _ = lexNormalize(norm, true)
+	q := &Query{Fingerprint: formatFingerprint(fp), Normalized: norm}
+	if stmt != nil {
+		q.Operation = statementOperation(stmt, text)
+		q.Tables = statementTables(stmt)
+	} else {
+		q.Operation = lexOperation(text)
+	}
+	q.finish()
+	return q
+}
+
+// fallbackQuery analyzes a statement pg_query rejected with the lexer.
+func fallbackQuery(text, parseErr string) *Query {
+	norm, h := lexNormalize(text, true)
+	q := &Query{
+		Fingerprint: formatFingerprint(h),
+		Normalized:  norm,
+		Operation:   lexOperation(text),
+		Tables:      lexTables(text),
+		ParseError:  parseErr,
+		Fallback:    true,
+	}
+	q.finish()
+	return q
+}
+
+// truncatedQuery describes a statement longer than max: hashed whole (by
+// the lexer's literal-blind hash, so literal values still do not matter) and
+// shown by its normalized first truncatedPrefix bytes. A literal cut by the
+// prefix is unterminated there and so still replaced.
+func truncatedQuery(text string, max int) *Query {
+	_, h := lexNormalize(text, true)
+	prefix := text
+	if len(prefix) > truncatedPrefix {
+		prefix = prefix[:truncatedPrefix]
+	}
+	norm, _ := lexNormalize(prefix, true)
+	q := &Query{
+		Fingerprint: formatFingerprint(h),
+		Normalized:  norm + " …",
+		Operation:   lexOperation(prefix),
+		Tables:      lexTables(prefix),
+		ParseError:  fmt.Sprintf("statement of %d bytes is longer than the %d-byte limit: not parsed", len(text), max),
+		Fallback:    true,
+		Truncated:   true,
+	}
+	q.finish()
+	return q
+}
+
+// finish derives Summary and Collection from Operation and Tables.
+func (q *Query) finish() {
+	q.Summary = summarize(q.Operation, q.Tables)
+	if len(q.Tables) == 1 {
+		q.Collection = q.Tables[0]
+	}
+}
+
+func formatFingerprint(h uint64) string {
+	s := strconv.FormatUint(h, 16)
+	if len(s) < 16 {
+		s = strings.Repeat("0", 16-len(s)) + s
+	}
+	return s
+}
+
+// Stats returns the Analyzer's counters.
+func (a *Analyzer) Stats() Stats {
+	size := 0
+	for _, s := range a.shards {
+		size += s.Len()
+	}
+	return Stats{
+		Hits:                a.hits.Load(),
+		Misses:              a.misses.Load(),
+		Evictions:           a.evictions.Load(),
+		Size:                size,
+		InvalidTraceparents: a.invalidTraceparents.Load(),
+		Fallbacks:           a.fallbacks.Load(),
+	}
+}
