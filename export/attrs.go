@@ -1,0 +1,57 @@
+package export
+
+import "go.opentelemetry.io/otel/attribute"
+
+// Attribute keys. The stable database conventions come first, then the
+// legacy keys SigNoz's "DB calls" views still read (DESIGN.md decision 6),
+// then pgtrace's own.
+const (
+	keyDBSystemName       = attribute.Key("db.system.name")
+	keyDBNamespace        = attribute.Key("db.namespace")
+	keyDBQueryText        = attribute.Key("db.query.text")
+	keyDBQuerySummary     = attribute.Key("db.query.summary")
+	keyDBOperationName    = attribute.Key("db.operation.name")
+	keyDBCollectionName   = attribute.Key("db.collection.name")
+	keyDBStatusCode       = attribute.Key("db.response.status_code")
+	keyDBReturnedRows     = attribute.Key("db.response.returned_rows")
+	keyErrorType          = attribute.Key("error.type")
+	keyServerAddress      = attribute.Key("server.address")
+	keyServerPort         = attribute.Key("server.port")
+	keyPeerAddress        = attribute.Key("network.peer.address")
+	keyPeerPort           = attribute.Key("network.peer.port")
+	keyConnState          = attribute.Key("db.client.connection.state")
+	keyConnPoolName       = attribute.Key("db.client.connection.pool.name")
+	keyTenantID           = attribute.Key("tenant.id") // as the companion package observe names it
+	keyLegacyDBSystem     = attribute.Key("db.system")
+	keyLegacyDBName       = attribute.Key("db.name")
+	keyLegacyDBStatement  = attribute.Key("db.statement")
+	keyLegacyDBOperation  = attribute.Key("db.operation")
+	keyLegacyDBUser       = attribute.Key("db.user")
+	keyFingerprint        = attribute.Key("pgtrace.fingerprint")
+	keyApplication        = attribute.Key("pgtrace.application")
+	keyRoute              = attribute.Key("pgtrace.route")
+	keyController         = attribute.Key("pgtrace.controller")
+	keyAction             = attribute.Key("pgtrace.action")
+	keyFramework          = attribute.Key("pgtrace.framework")
+	keyConnectionID       = attribute.Key("pgtrace.connection.id")
+	keyBackendPID         = attribute.Key("pgtrace.backend.pid")
+	keySlow               = attribute.Key("pgtrace.slow")
+	keyNPlusOne           = attribute.Key("pgtrace.n_plus_one")
+	keyNPlusOneCount      = attribute.Key("pgtrace.n_plus_one.count")
+	keySlowThresholdMs    = attribute.Key("pgtrace.slow_threshold_ms")
+	keyDurationMs         = attribute.Key("pgtrace.duration_ms")
+	keyKeep               = attribute.Key("pgtrace.keep") // see keepSampler
+	keyTxOutcome          = attribute.Key("pgtrace.transaction.outcome")
+	keyTxStatements       = attribute.Key("pgtrace.transaction.statements")
+	keyAuthOutcome        = attribute.Key("pgtrace.auth.outcome")
+	keyFindingType        = attribute.Key("pgtrace.finding.type")
+	keyParseError         = attribute.Key("pgtrace.parse_error")
+	keyStatementTruncated = attribute.Key("pgtrace.statement.truncated")
+)
+
+const systemPostgreSQL = "postgresql"
+
+var (
+	attrSystem       = keyDBSystemName.String(systemPostgreSQL)
+	attrLegacySystem = keyLegacyDBSystem.String(systemPostgreSQL)
+)

@@ -1,0 +1,50 @@
+// Package export turns what the proxy observed into OpenTelemetry: spans,
+// metrics, OTLP export configured by the standard OTEL_* environment
+// variables, and a Prometheus /metrics handler.
+//
+// It is the only package of the proxy that imports the OpenTelemetry SDK.
+// The wire, fingerprint and detector packages know nothing of it.
+//
+// # Spans
+//
+//   - A CLIENT span per executed statement, named by db.query.summary, with
+//     the wire's start and end times, the stable database attributes and
+//     the legacy ones SigNoz reads (db.system, db.name, db.statement,
+//     db.operation), and pgtrace.* attributes (fingerprint, application,
+//     route, controller, action, framework; tenant.id). Failed statements
+//     have error status, db.response.status_code and error.type set to the
+//     SQLSTATE. Slow ones carry pgtrace.slow and a pgtrace.slow_query event;
+//     the execution that crosses the N+1 threshold carries a
+//     pgtrace.n_plus_one event with the count.
+//   - An INTERNAL "transaction" span from BEGIN to COMMIT/ROLLBACK (or the
+//     connection's end) parenting its statements. Its parent is the first
+//     trace context seen in the transaction, so it is opened lazily; see
+//     txState.
+//   - A CLIENT "connect" span per upstream connect and authentication.
+//
+// Sampling is parent-based (the traceparent's flag decides; roots follow
+// OTEL_TRACES_SAMPLER/_ARG, or OTEL_TRACES_SAMPLING_RATIO as an alias), and
+// with Config.KeepSlowSpans failed, slow and N+1-crossing statements are
+// recorded whatever the sampler said (keepSampler).
+//
+// # Metrics
+//
+// Recorded for every statement, whatever the sampling, with attribute sets
+// cached per fingerprint and bounded by Config.CardinalityLimit:
+// db.client.operation.duration, db.client.response.returned_rows,
+// db.client.connection.count (state idle|used),
+// db.client.connection.create_time, pgtrace.transaction.duration,
+// pgtrace.connections.opened, pgtrace.slow_queries, db.n_plus_one.detected,
+// pgtrace.idle_in_transaction, pgtrace.connection_churn,
+// pgtrace.events.dropped, pgtrace.spans.dropped,
+// pgtrace.fingerprint.cache.hits, pgtrace.fingerprint.cache.misses and
+// pgtrace.traceparent.invalid. Duration records carry the span's context,
+// so sampled spans become exemplars.
+//
+// # Never blocking
+//
+// Observation never slows traffic (DESIGN.md decision 2): spans go through
+// a bounded queue that drops and counts (pgtrace.spans.dropped) when the
+// exporter falls behind — a dead collector — and metric exports run on the
+// SDK's own goroutine.
+package export

@@ -1,0 +1,307 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Exporter records spans and metrics for the proxy's statements and
+// connections.
+//
+// Statement and Conn are called from one goroutine (the pipeline's
+// dispatcher); Finding may be called from another. MetricsHandler serves
+// concurrently. Shutdown flushes and stops everything.
+type Exporter struct {
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer
+	tp     *sdktrace.TracerProvider // nil when no span goes anywhere
+	mp     *sdkmetric.MeterProvider
+	drops  *batcher // nil unless spans are exported
+	reg    *prometheus.Registry
+
+	serverAddr string // from Config.UpstreamAddr; "" means per connection
+	serverPort int
+
+	inst instruments
+
+	connStateIdle, connStateUsed metric.MeasurementOption // db.client.connection.count sets
+
+	// mu guards the per-connection state and the attribute-set caches. Only
+	// the dispatcher takes it on the hot path, so it is uncontended.
+	mu      sync.Mutex
+	conns   map[uint64]*connState
+	sweepAt int // len(conns) at which the next ConnOpened sweeps
+	sets    map[setKey]*metricSets
+	// attrBuf and startOpts are reused by spanLocked; the SDK copies what
+	// it keeps.
+	attrBuf   []attribute.KeyValue
+	startOpts []trace.SpanStartOption
+}
+
+// New builds the tracer and meter providers. It sets the global OTel error
+// handler to log through cfg.Logger, rate-limited. OTLP export is on when an
+// OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}ENDPOINT is set and
+// OTEL_SDK_DISABLED is not true; gRPC unless OTEL_EXPORTER_OTLP_PROTOCOL (or
+// the per-signal variable) says http/protobuf. Exporters connect lazily, so
+// New does not fail because a collector is down. The Prometheus handler is
+// always on.
+func New(ctx context.Context, cfg Config) (*Exporter, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.CardinalityLimit == 0 {
+		cfg.CardinalityLimit = defaultCardinalityLimit
+	}
+	// The SDK reports export failures to the global handler. pgtrace has
+	// one Exporter per process; its logger takes them.
+	otel.SetErrorHandler(&errorHandler{log: cfg.Logger})
+	e := &Exporter{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		conns:   make(map[uint64]*connState),
+		sweepAt: minSweepAt,
+		sets:    make(map[setKey]*metricSets),
+		reg:     prometheus.NewRegistry(),
+	}
+	if cfg.UpstreamAddr != "" {
+		e.serverAddr, e.serverPort = splitHostPort(cfg.UpstreamAddr)
+	}
+	pool := keyConnPoolName.String(cfg.UpstreamAddr)
+	e.connStateIdle = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("idle")))
+	e.connStateUsed = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("used")))
+
+	res, err := resource.New(ctx,
+		resource.WithAttributes(
+			attribute.String("service.name", defaultServiceName),
+			attribute.String("service.version", cfg.Version),
+		),
+		resource.WithTelemetrySDK(),
+		resource.WithFromEnv(), // OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES win
+	)
+	if err != nil && res == nil {
+		return nil, fmt.Errorf("export: resource: %w", err)
+	}
+
+	disabled := strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true")
+	tracesOn := !disabled && signalOn("TRACES")
+	metricsOn := !disabled && signalOn("METRICS")
+	switch {
+	case disabled:
+		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
+	case !tracesOn && !metricsOn:
+		e.log.Info("OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only")
+	}
+
+	if err := e.buildTracing(ctx, cfg, res, tracesOn); err != nil {
+		return nil, err
+	}
+	if err := e.buildMetrics(ctx, cfg, res, metricsOn); err != nil {
+		_ = e.shutdownTracing(ctx)
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
+	var procs []sdktrace.SpanProcessor
+	spanExp := cfg.SpanExporter
+	if spanExp == nil && otlpOn {
+		var err error
+		if protocol("TRACES") == "http/protobuf" {
+			spanExp, err = otlptracehttp.New(ctx)
+		} else {
+			spanExp, err = otlptracegrpc.New(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("export: OTLP span exporter: %w", err)
+		}
+	}
+	if spanExp != nil {
+		e.drops = newBatcher(spanExp) // bounded; drops and counts
+		procs = append(procs, e.drops)
+	}
+	if cfg.SpanProcessor != nil {
+		procs = append(procs, cfg.SpanProcessor)
+	}
+	if len(procs) == 0 {
+		e.tracer = noop.NewTracerProvider().Tracer(ScopeName)
+		return nil
+	}
+	base, err := samplerFromEnv()
+	if err != nil {
+		e.log.Warn("invalid trace sampler configuration; using parentbased_always_on", "err", err)
+		base = sdktrace.ParentBased(sdktrace.AlwaysSample())
+	}
+	opts := []sdktrace.TracerProviderOption{
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(keepSampler{base: base}),
+	}
+	for _, p := range procs {
+		opts = append(opts, sdktrace.WithSpanProcessor(p))
+	}
+	e.tp = sdktrace.NewTracerProvider(opts...)
+	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
+	return nil
+}
+
+func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
+	prom, err := otelprom.New(otelprom.WithRegisterer(e.reg))
+	if err != nil {
+		return fmt.Errorf("export: prometheus exporter: %w", err)
+	}
+	opts := []sdkmetric.Option{
+		sdkmetric.WithResource(res),
+		sdkmetric.WithReader(prom),
+		sdkmetric.WithCardinalityLimit(cfg.CardinalityLimit),
+	}
+	if otlpOn {
+		var exp sdkmetric.Exporter
+		if protocol("METRICS") == "http/protobuf" {
+			exp, err = otlpmetrichttp.New(ctx)
+		} else {
+			exp, err = otlpmetricgrpc.New(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("export: OTLP metric exporter: %w", err)
+		}
+		// The periodic reader reads OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT.
+		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+	}
+	if cfg.MetricReader != nil {
+		opts = append(opts, sdkmetric.WithReader(cfg.MetricReader))
+	}
+	e.mp = sdkmetric.NewMeterProvider(opts...)
+	meter := e.mp.Meter(ScopeName, metric.WithInstrumentationVersion(cfg.Version))
+	return e.inst.init(meter, e)
+}
+
+// MetricsHandler serves the Prometheus exposition of every metric, from the
+// exporter's own registry.
+func (e *Exporter) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{e.log}})
+}
+
+// SpansDropped is the number of spans dropped because the export queue was
+// full.
+func (e *Exporter) SpansDropped() uint64 {
+	if e.drops == nil {
+		return 0
+	}
+	return e.drops.Dropped()
+}
+
+// Shutdown ends open transaction spans, flushes spans and metrics while ctx
+// allows, and stops the providers.
+func (e *Exporter) Shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	for id, cs := range e.conns {
+		e.endTxLocked(cs, time.Now(), "closed")
+		delete(e.conns, id)
+	}
+	e.mu.Unlock()
+	return errors.Join(e.shutdownTracing(ctx), e.mp.Shutdown(ctx))
+}
+
+func (e *Exporter) shutdownTracing(ctx context.Context) error {
+	if e.tp == nil {
+		return nil
+	}
+	if err := e.tp.Shutdown(ctx); err != nil {
+		return fmt.Errorf("export: shut down tracing: %w", err)
+	}
+	return nil
+}
+
+// signalOn reports whether an OTLP endpoint is configured for signal
+// ("TRACES" or "METRICS"), and not switched off by OTEL_<signal>_EXPORTER=none.
+func signalOn(signal string) bool {
+	if strings.EqualFold(os.Getenv("OTEL_"+signal+"_EXPORTER"), "none") {
+		return false
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" ||
+		os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
+}
+
+// protocol is the OTLP protocol for signal; the per-signal variable wins.
+func protocol(signal string) string {
+	if p := os.Getenv("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"); p != "" {
+		return strings.TrimSpace(p)
+	}
+	if p := os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" {
+		return strings.TrimSpace(p)
+	}
+	return "grpc"
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(strings.TrimSpace(os.Getenv(key))); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func splitHostPort(addr string) (string, int) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, 0
+	}
+	p, _ := strconv.Atoi(port)
+	return host, p
+}
+
+type slogPromLogger struct{ l *slog.Logger }
+
+func (l slogPromLogger) Println(v ...any) { l.l.Error("prometheus handler", "err", fmt.Sprint(v...)) }
+
+// errorHandler logs the SDK's errors (failed exports, mostly) through the
+// exporter's logger, at most once per errorLogInterval, with a count of the
+// ones it held back: a dead collector must not flood the log.
+type errorHandler struct {
+	log *slog.Logger
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+const errorLogInterval = 30 * time.Second
+
+func (h *errorHandler) Handle(err error) {
+	h.mu.Lock()
+	now := time.Now()
+	if !h.last.IsZero() && now.Sub(h.last) < errorLogInterval {
+		h.suppressed++
+		h.mu.Unlock()
+		return
+	}
+	n := h.suppressed
+	h.last, h.suppressed = now, 0
+	h.mu.Unlock()
+	h.log.Warn("opentelemetry export error", "err", err, "suppressed", n)
+}

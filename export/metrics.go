@@ -1,0 +1,190 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// instruments are the exporter's metric instruments. A failure to create one
+// is returned by New; the SDK never fails for valid names.
+type instruments struct {
+	opDuration   metric.Float64Histogram // db.client.operation.duration
+	returnedRows metric.Int64Histogram   // db.client.response.returned_rows
+	createTime   metric.Float64Histogram // db.client.connection.create_time
+	txDuration   metric.Float64Histogram // pgtrace.transaction.duration
+	connsOpened  metric.Int64Counter     // pgtrace.connections.opened
+	slowQueries  metric.Int64Counter     // pgtrace.slow_queries
+	nPlusOne     metric.Int64Counter     // db.n_plus_one.detected
+	idleInTx     metric.Int64Counter     // pgtrace.idle_in_transaction
+	churn        metric.Int64Counter     // pgtrace.connection_churn
+
+	connCount     metric.Int64ObservableUpDownCounter // db.client.connection.count
+	eventsDropped metric.Int64ObservableCounter       // pgtrace.events.dropped
+	spansDropped  metric.Int64ObservableCounter       // pgtrace.spans.dropped
+	cacheHits     metric.Int64ObservableCounter       // pgtrace.fingerprint.cache.hits
+	cacheMisses   metric.Int64ObservableCounter       // pgtrace.fingerprint.cache.misses
+	tpInvalid     metric.Int64ObservableCounter       // pgtrace.traceparent.invalid
+}
+
+func (in *instruments) init(m metric.Meter, e *Exporter) error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	var err error
+
+	in.opDuration, err = m.Float64Histogram("db.client.operation.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of database client operations."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	in.returnedRows, err = m.Int64Histogram("db.client.response.returned_rows",
+		metric.WithUnit("{row}"), metric.WithDescription("The actual number of records returned by the database operation."),
+		metric.WithExplicitBucketBoundaries(rowBuckets...))
+	add(err)
+	in.createTime, err = m.Float64Histogram("db.client.connection.create_time",
+		metric.WithUnit("s"), metric.WithDescription("The time it took to create a new connection (upstream connect and authentication)."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	in.txDuration, err = m.Float64Histogram("pgtrace.transaction.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of transactions, BEGIN to COMMIT or ROLLBACK."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	in.connsOpened, err = m.Int64Counter("pgtrace.connections.opened",
+		metric.WithUnit("{connection}"), metric.WithDescription("Upstream connections opened, by application and authentication outcome."))
+	add(err)
+	in.slowQueries, err = m.Int64Counter("pgtrace.slow_queries",
+		metric.WithUnit("{query}"), metric.WithDescription("Statements slower than the slow-query threshold."))
+	add(err)
+	in.nPlusOne, err = m.Int64Counter("db.n_plus_one.detected",
+		metric.WithUnit("{pattern}"), metric.WithDescription("N+1 query patterns detected (once per repeating group)."))
+	add(err)
+	in.idleInTx, err = m.Int64Counter("pgtrace.idle_in_transaction",
+		metric.WithUnit("{finding}"), metric.WithDescription("Sessions found idle in a transaction longer than the threshold."))
+	add(err)
+	in.churn, err = m.Int64Counter("pgtrace.connection_churn",
+		metric.WithUnit("{finding}"), metric.WithDescription("Connection churn findings."))
+	add(err)
+
+	in.connCount, err = m.Int64ObservableUpDownCounter("db.client.connection.count",
+		metric.WithUnit("{connection}"), metric.WithDescription("The number of connections that are currently in state described by the state attribute."))
+	add(err)
+	in.eventsDropped, err = m.Int64ObservableCounter("pgtrace.events.dropped",
+		metric.WithUnit("{event}"), metric.WithDescription("Relay events dropped because the observer queue was full."))
+	add(err)
+	in.spansDropped, err = m.Int64ObservableCounter("pgtrace.spans.dropped",
+		metric.WithUnit("{span}"), metric.WithDescription("Spans dropped because the export queue was full."))
+	add(err)
+	in.cacheHits, err = m.Int64ObservableCounter("pgtrace.fingerprint.cache.hits",
+		metric.WithUnit("{lookup}"), metric.WithDescription("Fingerprint cache hits."))
+	add(err)
+	in.cacheMisses, err = m.Int64ObservableCounter("pgtrace.fingerprint.cache.misses",
+		metric.WithUnit("{lookup}"), metric.WithDescription("Fingerprint cache misses."))
+	add(err)
+	in.tpInvalid, err = m.Int64ObservableCounter("pgtrace.traceparent.invalid",
+		metric.WithUnit("{comment}"), metric.WithDescription("traceparent tags that were present but invalid."))
+	add(err)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("export: instruments: %w", err)
+	}
+
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		e.observe(o)
+		return nil
+	}, in.connCount, in.eventsDropped, in.spansDropped, in.cacheHits, in.cacheMisses, in.tpInvalid)
+	if err != nil {
+		return fmt.Errorf("export: register callback: %w", err)
+	}
+	return nil
+}
+
+// observe reports the observable instruments; the SDK calls it on each
+// collection (Prometheus scrape or periodic export).
+func (e *Exporter) observe(o metric.Observer) {
+	in := &e.inst
+	if e.cfg.Connections != nil {
+		var idle, used int64
+		for _, c := range e.cfg.Connections() {
+			if c.State == "idle" {
+				idle++
+			} else {
+				used++
+			}
+		}
+		o.ObserveInt64(in.connCount, idle, e.connStateIdle)
+		o.ObserveInt64(in.connCount, used, e.connStateUsed)
+	}
+	if e.cfg.DroppedEvents != nil {
+		o.ObserveInt64(in.eventsDropped, int64(e.cfg.DroppedEvents()))
+	}
+	o.ObserveInt64(in.spansDropped, int64(e.SpansDropped()))
+	if e.cfg.AnalyzerStats != nil {
+		st := e.cfg.AnalyzerStats()
+		o.ObserveInt64(in.cacheHits, int64(st.Hits))
+		o.ObserveInt64(in.cacheMisses, int64(st.Misses))
+		o.ObserveInt64(in.tpInvalid, int64(st.InvalidTraceparents))
+	}
+}
+
+// setKey identifies the attribute set of one statement's metrics. The
+// fingerprint stands for operation, collection and summary.
+type setKey struct {
+	fingerprint string
+	namespace   string
+	server      string
+	sqlstate    string
+	tenant      string
+}
+
+// metricSets are the cached, immutable measurement options for one setKey:
+// building an attribute.Set sorts and allocates, so it is done once per
+// distinct key, not per statement.
+type metricSets struct {
+	// Variadic option slices are built once: passing a single option
+	// literal would allocate a slice on every call.
+	rec []metric.RecordOption
+	add []metric.AddOption
+}
+
+// maxCachedSets bounds e.sets; when full it is cleared and refilled. The
+// metric SDK's cardinality limit bounds the exported sets separately.
+const maxCachedSets = 8192
+
+// statementSets returns the cached options for the statement's metric
+// attributes. e.mu must be held.
+func (e *Exporter) statementSetsLocked(k setKey, op, collection, summary string, serverAddr string, serverPort int) *metricSets {
+	if ms, ok := e.sets[k]; ok {
+		return ms
+	}
+	if len(e.sets) >= maxCachedSets {
+		clear(e.sets)
+	}
+	attrs := make([]attribute.KeyValue, 0, 10)
+	attrs = append(attrs, attrSystem, keyDBNamespace.String(k.namespace))
+	if op != "" {
+		attrs = append(attrs, keyDBOperationName.String(op))
+	}
+	if collection != "" {
+		attrs = append(attrs, keyDBCollectionName.String(collection))
+	}
+	if summary != "" {
+		attrs = append(attrs, keyDBQuerySummary.String(summary))
+	}
+	if k.sqlstate != "" {
+		attrs = append(attrs, keyDBStatusCode.String(k.sqlstate), keyErrorType.String(k.sqlstate))
+	}
+	if serverAddr != "" {
+		attrs = append(attrs, keyServerAddress.String(serverAddr))
+	}
+	if serverPort != 0 {
+		attrs = append(attrs, keyServerPort.Int(serverPort))
+	}
+	if k.tenant != "" {
+		attrs = append(attrs, keyTenantID.String(k.tenant))
+	}
+	opt := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	ms := &metricSets{rec: []metric.RecordOption{opt}, add: []metric.AddOption{opt}}
+	e.sets[k] = ms
+	return ms
+}

@@ -1,0 +1,156 @@
+package export
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// batcher is pgtrace's batch span processor. Like the SDK's, it queues
+// ended, sampled spans and exports them in batches from its own goroutine;
+// unlike it, it counts what it drops (pgtrace.spans.dropped), and OnEnd
+// never wakes a goroutine per span — only when a batch is full. When the
+// exporter is slow or its collector dead, the bounded queue fills and
+// further spans are dropped; OnEnd never waits (DESIGN.md decision 2).
+//
+// Sizes and delays follow OTEL_BSP_MAX_QUEUE_SIZE, _MAX_EXPORT_BATCH_SIZE,
+// _SCHEDULE_DELAY and _EXPORT_TIMEOUT, with the SDK's defaults.
+type batcher struct {
+	exp      sdktrace.SpanExporter
+	maxQueue int
+	maxBatch int
+	delay    time.Duration
+	timeout  time.Duration
+
+	mu      sync.Mutex
+	queue   []sdktrace.ReadOnlySpan
+	dropped atomic.Uint64
+
+	exportMu sync.Mutex // one export at a time
+	// runCtx bounds the export loop's exports; Shutdown cancels it when its
+	// own deadline passes, so that a hung export cannot outlive it.
+	runCtx    context.Context
+	cancelRun context.CancelFunc
+	kick      chan struct{}
+	stopOnce  sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+func newBatcher(exp sdktrace.SpanExporter) *batcher {
+	b := &batcher{
+		exp:      exp,
+		maxQueue: envInt("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize),
+		maxBatch: envInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize),
+		delay:    time.Duration(envInt("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)) * time.Millisecond,
+		timeout:  time.Duration(envInt("OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)) * time.Millisecond,
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	b.maxBatch = min(b.maxBatch, b.maxQueue)
+	b.runCtx, b.cancelRun = context.WithCancel(context.Background())
+	go b.run()
+	return b
+}
+
+func (b *batcher) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+
+func (b *batcher) OnEnd(s sdktrace.ReadOnlySpan) {
+	if !s.SpanContext().IsSampled() {
+		return
+	}
+	b.mu.Lock()
+	if len(b.queue) >= b.maxQueue {
+		b.mu.Unlock()
+		b.dropped.Add(1)
+		return
+	}
+	b.queue = append(b.queue, s)
+	full := len(b.queue) >= b.maxBatch
+	b.mu.Unlock()
+	if full {
+		select {
+		case b.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Dropped is the number of spans dropped because the queue was full.
+func (b *batcher) Dropped() uint64 { return b.dropped.Load() }
+
+// run exports every delay, or as soon as a batch is full, until stop.
+func (b *batcher) run() {
+	defer close(b.done)
+	t := time.NewTicker(b.delay)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.kick:
+		case <-t.C:
+		case <-b.stop:
+			return
+		}
+		_ = b.exportQueued(b.runCtx)
+	}
+}
+
+// exportQueued exports what is queued, batch by batch, each bounded by the
+// export timeout and by ctx.
+func (b *batcher) exportQueued(ctx context.Context) error {
+	b.exportMu.Lock()
+	defer b.exportMu.Unlock()
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), b.maxBatch)
+		if n == 0 {
+			b.mu.Unlock()
+			return nil
+		}
+		batch := make([]sdktrace.ReadOnlySpan, n)
+		copy(batch, b.queue)
+		rest := copy(b.queue, b.queue[n:])
+		clear(b.queue[rest:])
+		b.queue = b.queue[:rest]
+		b.mu.Unlock()
+
+		ectx, cancel := context.WithTimeout(ctx, b.timeout)
+		err := b.exp.ExportSpans(ectx, batch)
+		cancel()
+		if err != nil {
+			otel.Handle(err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// ForceFlush exports what is queued.
+func (b *batcher) ForceFlush(ctx context.Context) error { return b.exportQueued(ctx) }
+
+// Shutdown stops the export loop, exports what is still queued while ctx
+// allows (what is left is counted as dropped), and shuts the exporter down.
+func (b *batcher) Shutdown(ctx context.Context) error {
+	b.stopOnce.Do(func() { close(b.stop) })
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		b.cancelRun() // abandon the loop's export in flight
+	}
+	defer b.cancelRun()
+	err := b.exportQueued(ctx)
+	b.mu.Lock()
+	b.dropped.Add(uint64(len(b.queue)))
+	b.queue = nil
+	b.mu.Unlock()
+	if serr := b.exp.Shutdown(ctx); serr != nil {
+		return serr
+	}
+	return err
+}

@@ -1,0 +1,454 @@
+package export
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/dotmac/pgtrace/detector"
+	"github.com/dotmac/pgtrace/fingerprint"
+	"github.com/dotmac/pgtrace/wire"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// connState is what the exporter keeps per open session: the transaction in
+// progress, if any. It is deleted on ConnClosed.
+type connState struct {
+	tx *txState
+	// base are the attributes every statement span of the session carries
+	// (system, database, server, peer, connection id), built once.
+	base    []attribute.KeyValue
+	baseApp string // the application name base was built with
+}
+
+// txState is one transaction, BEGIN … COMMIT/ROLLBACK.
+//
+// Its span must parent the transaction's statement spans, and its own
+// parent is the first trace context seen in the transaction — usually not
+// on BEGIN, which drivers send themselves without a comment. So the span is
+// opened lazily, with BEGIN's start time: at the first statement carrying a
+// trace context (that context becomes its parent), or as a root when the
+// transaction ends, or when maxPending statements without context have
+// accumulated. Statements that arrive before the span is opened have their
+// metrics recorded at once but their spans held in pending and emitted,
+// with their own wire timestamps, when it opens; Statement returns no ids
+// for them.
+type txState struct {
+	start      time.Time
+	conn       wire.ConnInfo
+	span       trace.Span      // nil until opened
+	ctx        context.Context // carries span once opened
+	parent     trace.SpanContext
+	pending    []pendingStmt
+	statements int
+	failed     bool // an error made the transaction fail (status 'E')
+}
+
+type pendingStmt struct {
+	s    *detector.Statement
+	v    detector.Verdict
+	base []attribute.KeyValue // the connection's base attributes; immutable
+}
+
+// maxPending bounds the statements held while a transaction span waits for
+// its parent.
+const maxPending = 64
+
+// Statement records the statement's metrics and, unless sampling drops it,
+// its span. It returns the span's trace and span ids in hex for log lines,
+// or "" when no span is exported (sampled out, or held for a transaction
+// span not yet opened). s and the values it points to may be
+// kept by the exporter until the statement's transaction ends.
+func (e *Exporter) Statement(s *detector.Statement, v detector.Verdict) (traceID, spanID string) {
+	sc := e.StatementSpan(s, v)
+	if !sc.IsSampled() {
+		return "", ""
+	}
+	return sc.TraceID().String(), sc.SpanID().String()
+}
+
+// StatementSpan is Statement returning the span context rather than hex
+// strings, for callers that format ids only when they log (the pipeline).
+// The context is sampled only when the span is exported.
+func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trace.SpanContext {
+	st, q := s.Stmt, s.Query
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.tp == nil {
+		// No span goes anywhere: metrics only. (A no-op tracer would hand
+		// back the parent's span context, which is not this statement's.)
+		e.recordLocked(context.Background(), s, v)
+		return trace.SpanContext{}
+	}
+
+	cs := e.connLocked(s.Conn)
+	begins, ends := txBoundary(cs.tx != nil, st, q)
+	if begins {
+		cs.tx = &txState{start: st.Start, conn: *s.Conn}
+	}
+	tx := cs.tx
+
+	ctx := context.Background()
+	if tx != nil {
+		tx.statements++
+		switch {
+		case st.TxStatus == wire.TxFailed, st.Failed() && (ends || st.TxStatus == 0):
+			tx.failed = true
+		case st.TxStatus == wire.TxInBlock:
+			tx.failed = false // never failed, or recovered by ROLLBACK TO SAVEPOINT
+		}
+		if tx.span == nil {
+			if !s.Parent.IsValid() && !ends && len(tx.pending) < maxPending {
+				tx.pending = append(tx.pending, pendingStmt{s, v, cs.base})
+				e.recordLocked(ctx, s, v)
+				return trace.SpanContext{}
+			}
+			e.openTxLocked(tx, s.Parent)
+		}
+		ctx = tx.ctx
+	} else if s.Parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, remoteSpanContext(s.Parent))
+	}
+
+	ctx, sc := e.spanLocked(ctx, cs.base, tx, s, v)
+	e.recordLocked(ctx, s, v)
+	if ends {
+		outcome := "commit"
+		if q.Operation == "ROLLBACK" {
+			outcome = "rollback"
+		}
+		e.endTxLocked(cs, st.End, outcome)
+	}
+	return sc
+}
+
+// txBoundary says whether st begins or ends a transaction, from its
+// operation. The transaction status alone cannot say it: the statements of
+// a multi-statement Query, or of a pipeline up to its Sync, all carry the
+// status of the one ReadyForQuery that follows them.
+func txBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, ends bool) {
+	if q == nil {
+		return false, false
+	}
+	switch q.Operation {
+	case "BEGIN": // also START TRANSACTION
+		// A failed BEGIN begins nothing.
+		return !inTx && !st.Failed(), false
+	case "COMMIT", "PREPARE TRANSACTION": // COMMIT also stands for END
+		// A failed COMMIT ends the transaction too: PostgreSQL rolls it back.
+		return false, inTx
+	case "ROLLBACK": // also ABORT
+		// ROLLBACK TO SAVEPOINT stays in the transaction.
+		if isRollbackTo(q.Normalized) {
+			return false, false
+		}
+		return false, inTx
+	}
+	// A statement that failed and left the session idle ended an implicit
+	// or explicit transaction: the rest of its Query or pipeline was
+	// skipped, so it is the last statement before that ReadyForQuery.
+	if inTx && st.Failed() && st.TxStatus == wire.TxIdle {
+		return false, true
+	}
+	return false, false
+}
+
+func isRollbackTo(normalized string) bool {
+	f := strings.Fields(strings.ToUpper(normalized))
+	for i := 1; i < len(f) && i < 4; i++ {
+		if f[i] == "TO" {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Exporter) connLocked(conn *wire.ConnInfo) *connState {
+	cs, ok := e.conns[conn.ID]
+	if !ok {
+		cs = &connState{}
+		e.conns[conn.ID] = cs
+	}
+	if cs.base == nil || cs.baseApp != conn.Application {
+		addr, port := e.server(conn)
+		a := []attribute.KeyValue{attrSystem, attrLegacySystem,
+			keyDBNamespace.String(conn.Database), keyLegacyDBName.String(conn.Database)}
+		a = appendServer(a, addr, port)
+		a = appendPeer(a, conn)
+		cs.base = append(a, keyConnectionID.Int64(int64(conn.ID)))
+		cs.baseApp = conn.Application
+	}
+	return cs
+}
+
+// openTxLocked starts tx's span at BEGIN's time under parent (a root when
+// parent is zero), then emits the statements held for it.
+func (e *Exporter) openTxLocked(tx *txState, parent fingerprint.TraceContext) {
+	ctx := context.Background()
+	if parent.IsValid() {
+		tx.parent = remoteSpanContext(parent)
+		ctx = trace.ContextWithRemoteSpanContext(ctx, tx.parent)
+	}
+	addr, port := e.server(&tx.conn)
+	attrs := []attribute.KeyValue{
+		attrSystem, keyDBNamespace.String(tx.conn.Database),
+		attrLegacySystem, keyLegacyDBName.String(tx.conn.Database),
+		keyConnectionID.Int64(int64(tx.conn.ID)),
+	}
+	attrs = appendServer(attrs, addr, port)
+	attrs = appendPeer(attrs, &tx.conn)
+	if tx.conn.Application != "" {
+		attrs = append(attrs, keyApplication.String(tx.conn.Application))
+	}
+	tx.ctx, tx.span = e.tracer.Start(ctx, "transaction",
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithTimestamp(tx.start),
+		trace.WithAttributes(attrs...))
+	for _, p := range tx.pending {
+		e.spanLocked(tx.ctx, p.base, tx, p.s, p.v)
+	}
+	tx.pending = nil
+}
+
+// endTxLocked ends the connection's transaction, if any, at end.
+func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
+	tx := cs.tx
+	if tx == nil {
+		return
+	}
+	cs.tx = nil
+	if tx.span == nil {
+		e.openTxLocked(tx, fingerprint.TraceContext{})
+	}
+	if tx.failed && outcome == "commit" {
+		outcome = "rollback" // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK
+	}
+	tx.span.SetAttributes(keyTxOutcome.String(outcome), keyTxStatements.Int(tx.statements))
+	if tx.failed {
+		tx.span.SetStatus(codes.Error, "transaction failed")
+	}
+	tx.span.End(trace.WithTimestamp(end))
+	e.inst.txDuration.Record(tx.ctx, end.Sub(tx.start).Seconds(), metric.WithAttributes(
+		attrSystem, keyDBNamespace.String(tx.conn.Database), keyTxOutcome.String(outcome)))
+}
+
+// spanLocked creates and ends the span of s under ctx and returns the
+// context carrying it. tx is the open transaction s belongs to, or nil.
+//
+// The span starts with only what the sampler reads (the keep reason); the
+// other attributes are built and set only when the span records, so an
+// unsampled statement costs little.
+func (e *Exporter) spanLocked(ctx context.Context, base []attribute.KeyValue, tx *txState, s *detector.Statement, v detector.Verdict) (context.Context, trace.SpanContext) {
+	st, q := s.Stmt, s.Query
+	failed := st.Failed()
+	name := systemPostgreSQL
+	if q != nil && q.Summary != "" {
+		name = q.Summary
+	}
+
+	opts := append(e.startOpts[:0], optKindClient, trace.WithTimestamp(st.Start))
+	if e.cfg.KeepSlowSpans {
+		switch {
+		case failed:
+			opts = append(opts, optKeepError)
+		case v.Slow:
+			opts = append(opts, optKeepSlow)
+		case v.NPlusOneDetected:
+			opts = append(opts, optKeepNPlusOne)
+		}
+	}
+	if tx != nil && s.Parent.IsValid() {
+		if sc := remoteSpanContext(s.Parent); !sc.Equal(tx.parent) {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+		}
+	}
+	e.startOpts = opts
+	ctx, span := e.tracer.Start(ctx, name, opts...)
+	if span.IsRecording() {
+		e.attrBuf = e.statementAttrs(e.attrBuf[:0], base, s, v)
+		span.SetAttributes(e.attrBuf...) // copied by the SDK
+		if failed {
+			span.SetStatus(codes.Error, st.ErrorMessage)
+		}
+		if v.Slow {
+			span.AddEvent("pgtrace.slow_query", trace.WithTimestamp(st.End), trace.WithAttributes(
+				keyDurationMs.Float64(float64(st.Duration())/float64(time.Millisecond)),
+				keySlowThresholdMs.Float64(float64(e.cfg.SlowThreshold)/float64(time.Millisecond))))
+		}
+		if v.NPlusOneDetected {
+			span.AddEvent("pgtrace.n_plus_one", trace.WithTimestamp(st.End), trace.WithAttributes(
+				keyNPlusOneCount.Int(v.NPlusOneCount)))
+		}
+	}
+	span.End(trace.WithTimestamp(st.End))
+	return ctx, span.SpanContext()
+}
+
+var (
+	optKindClient   = trace.WithSpanKind(trace.SpanKindClient)
+	optKeepError    = trace.WithAttributes(keyKeep.String("error"))
+	optKeepSlow     = trace.WithAttributes(keyKeep.String("slow"))
+	optKeepNPlusOne = trace.WithAttributes(keyKeep.String("n_plus_one"))
+)
+
+// statementAttrs appends the attributes of the statement's span to a.
+func (e *Exporter) statementAttrs(a, base []attribute.KeyValue, s *detector.Statement, v detector.Verdict) []attribute.KeyValue {
+	st, q, tags, conn := s.Stmt, s.Query, s.Tags, s.Conn
+	a = append(a, base...)
+	if q != nil {
+		a = append(a,
+			keyDBQueryText.String(q.Normalized), keyLegacyDBStatement.String(q.Normalized),
+			keyFingerprint.String(q.Fingerprint))
+		if q.Summary != "" {
+			a = append(a, keyDBQuerySummary.String(q.Summary))
+		}
+		if q.Operation != "" {
+			a = append(a, keyDBOperationName.String(q.Operation), keyLegacyDBOperation.String(q.Operation))
+		}
+		if q.Collection != "" {
+			a = append(a, keyDBCollectionName.String(q.Collection))
+		}
+		if q.ParseError != "" {
+			a = append(a, keyParseError.String(q.ParseError))
+		}
+		if q.Truncated {
+			a = append(a, keyStatementTruncated.Bool(true))
+		}
+	}
+	if rows, ok := returnedRows(st); ok {
+		a = append(a, keyDBReturnedRows.Int64(rows))
+	}
+	app := conn.Application
+	if tags != nil {
+		if tags.Application != "" {
+			app = tags.Application
+		}
+		a = appendTags(a, tags)
+	}
+	if app != "" {
+		a = append(a, keyApplication.String(app))
+	}
+	if st.Failed() {
+		code := st.SQLState
+		if code == "" {
+			code = "_OTHER"
+		}
+		a = append(a, keyDBStatusCode.String(code), keyErrorType.String(code))
+	}
+	if v.Slow {
+		a = append(a, keySlow.Bool(true))
+	}
+	if v.NPlusOne {
+		a = append(a, keyNPlusOne.Bool(true), keyNPlusOneCount.Int(v.NPlusOneCount))
+	}
+	return a
+}
+
+// recordLocked records the statement's metrics. ctx carries its span, if
+// any, so that sampled spans become exemplars.
+func (e *Exporter) recordLocked(ctx context.Context, s *detector.Statement, v detector.Verdict) {
+	st, q := s.Stmt, s.Query
+	addr, port := e.server(s.Conn)
+	k := setKey{namespace: s.Conn.Database, server: addr, sqlstate: st.SQLState}
+	var op, coll, summary string
+	if q != nil {
+		k.fingerprint, op, coll, summary = q.Fingerprint, q.Operation, q.Collection, q.Summary
+	}
+	if st.Failed() && k.sqlstate == "" {
+		k.sqlstate = "_OTHER"
+	}
+	if s.Tags != nil {
+		k.tenant = s.Tags.Tenant
+	}
+	ms := e.statementSetsLocked(k, op, coll, summary, addr, port)
+	e.inst.opDuration.Record(ctx, st.Duration().Seconds(), ms.rec...)
+	if rows, ok := returnedRows(st); ok {
+		e.inst.returnedRows.Record(ctx, rows, ms.rec...)
+	}
+	if v.Slow {
+		e.inst.slowQueries.Add(ctx, 1, ms.add...)
+	}
+	if v.NPlusOneDetected {
+		e.inst.nPlusOne.Add(ctx, 1, ms.add...)
+	}
+}
+
+// returnedRows is the number of rows the statement returned to the client,
+// when it returns rows.
+func returnedRows(st *wire.Statement) (int64, bool) {
+	switch {
+	case st.Outcome == wire.OutcomeSuspended:
+		return st.Rows, true
+	case st.Outcome != wire.OutcomeComplete:
+		return 0, false
+	case strings.HasPrefix(st.CommandTag, "SELECT"), strings.HasPrefix(st.CommandTag, "FETCH"),
+		strings.HasPrefix(st.CommandTag, "COPY") && st.Copy:
+		return st.Rows, true
+	}
+	return 0, false
+}
+
+// server is the upstream address reported for conn.
+func (e *Exporter) server(conn *wire.ConnInfo) (string, int) {
+	if e.serverAddr != "" || conn == nil || conn.ServerAddr == "" {
+		return e.serverAddr, e.serverPort
+	}
+	return splitHostPort(conn.ServerAddr)
+}
+
+func appendServer(a []attribute.KeyValue, addr string, port int) []attribute.KeyValue {
+	if addr != "" {
+		a = append(a, keyServerAddress.String(addr))
+	}
+	if port != 0 {
+		a = append(a, keyServerPort.Int(port))
+	}
+	return a
+}
+
+func appendPeer(a []attribute.KeyValue, conn *wire.ConnInfo) []attribute.KeyValue {
+	if conn.ClientAddr.IsValid() {
+		a = append(a, keyPeerAddress.String(conn.ClientAddr.Addr().String()),
+			keyPeerPort.Int(int(conn.ClientAddr.Port())))
+	}
+	return a
+}
+
+func appendTags(a []attribute.KeyValue, t *fingerprint.Tags) []attribute.KeyValue {
+	if t.Tenant != "" {
+		a = append(a, keyTenantID.String(t.Tenant))
+	}
+	if t.Route != "" {
+		a = append(a, keyRoute.String(t.Route))
+	}
+	if t.Controller != "" {
+		a = append(a, keyController.String(t.Controller))
+	}
+	if t.Action != "" {
+		a = append(a, keyAction.String(t.Action))
+	}
+	if t.Framework != "" {
+		a = append(a, keyFramework.String(t.Framework))
+	}
+	return a
+}
+
+// remoteSpanContext turns a traceparent read from a comment into the remote
+// parent of a span.
+func remoteSpanContext(tc fingerprint.TraceContext) trace.SpanContext {
+	cfg := trace.SpanContextConfig{
+		TraceID:    tc.TraceID,
+		SpanID:     tc.SpanID,
+		TraceFlags: trace.TraceFlags(tc.Flags) & trace.FlagsSampled,
+		Remote:     true,
+	}
+	if tc.TraceState != "" {
+		if ts, err := trace.ParseTraceState(tc.TraceState); err == nil {
+			cfg.TraceState = ts
+		}
+	}
+	return trace.NewSpanContext(cfg)
+}

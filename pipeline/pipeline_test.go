@@ -1,0 +1,281 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dotmac/pgtrace/detector"
+	"github.com/dotmac/pgtrace/export"
+	"github.com/dotmac/pgtrace/fingerprint"
+	"github.com/dotmac/pgtrace/pipeline"
+	"github.com/dotmac/pgtrace/wire"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// records returns the JSON log records written so far.
+func (l *logBuf) records(t *testing.T) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+type unit struct {
+	pl    *pipeline.Pipeline
+	spans *tracetest.SpanRecorder
+	logs  *logBuf
+	det   *detector.Detector
+}
+
+func newUnit(t *testing.T) *unit {
+	t.Helper()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+	u := &unit{spans: tracetest.NewSpanRecorder(), logs: &logBuf{}}
+	log := slog.New(slog.NewJSONHandler(u.logs, nil))
+	exp, err := export.New(context.Background(), export.Config{
+		UpstreamAddr: "db:5432", SlowThreshold: 50 * time.Millisecond, KeepSlowSpans: true,
+		Logger: log, SpanProcessor: u.spans,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = exp.Shutdown(context.Background()) })
+	u.det = detector.New(detector.Config{SlowThreshold: 50 * time.Millisecond, OnFinding: pipeline.FindingHandler(log, exp)})
+	u.pl = pipeline.New(pipeline.Config{
+		Analyzer: fingerprint.New(fingerprint.Config{}), Detector: u.det, Exporter: exp, Logger: log,
+	})
+	return u
+}
+
+var (
+	t0   = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	conn = wire.ConnInfo{ID: 3, ClientAddr: netip.MustParseAddrPort("10.0.0.9:40000"), ServerAddr: "db:5432",
+		User: "app", Database: "shop", Application: "api", BackendPID: 99, TxStatus: wire.TxIdle, OpenedAt: t0}
+)
+
+const (
+	traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	spanID  = "00f067aa0ba902b7"
+	tp      = "/*traceparent='00-" + traceID + "-" + spanID + "-01'*/"
+)
+
+func stmtEvent(text string, d time.Duration, mod func(*wire.Statement)) wire.Event {
+	st := &wire.Statement{Text: text, Protocol: wire.ProtocolExtended, Start: t0, End: t0.Add(d),
+		Outcome: wire.OutcomeComplete, CommandTag: "SELECT 1", Rows: 1, TxStatus: wire.TxIdle}
+	if mod != nil {
+		mod(st)
+	}
+	return wire.Event{Kind: wire.StatementDone, Time: st.End, Conn: conn, Stmt: st}
+}
+
+func TestParentRule(t *testing.T) {
+	tests := []struct {
+		name       string
+		reused     bool
+		wantParent string
+	}{
+		{"fresh comment parents", false, spanID},
+		{"reused statement: comment from an earlier batch is not a parent", true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newUnit(t)
+			u.pl.Observe(stmtEvent("SELECT * FROM users WHERE id = $1 "+tp, time.Millisecond, func(s *wire.Statement) {
+				s.Reused, s.StatementName = tt.reused, "stmt_1"
+			}))
+			ended := u.spans.Ended()
+			if len(ended) != 1 {
+				t.Fatalf("got %d spans, want 1", len(ended))
+			}
+			got := ""
+			if p := ended[0].Parent(); p.IsValid() {
+				got = p.SpanID().String()
+			}
+			if got != tt.wantParent {
+				t.Errorf("parent = %q, want %q", got, tt.wantParent)
+			}
+		})
+	}
+}
+
+func TestSlowQueryLogLine(t *testing.T) {
+	u := newUnit(t)
+	u.pl.Observe(stmtEvent("SELECT * FROM orders WHERE total > 1000 "+tp, 120*time.Millisecond, nil))
+	ended := u.spans.Ended()
+	if len(ended) != 1 {
+		t.Fatalf("got %d spans, want 1", len(ended))
+	}
+	var slow map[string]any
+	for _, r := range u.logs.records(t) {
+		if r["msg"] == "slow query" {
+			slow = r
+		}
+	}
+	if slow == nil {
+		t.Fatalf("no slow query line in %v", u.logs.records(t))
+	}
+	sc := ended[0].SpanContext()
+	want := map[string]any{
+		"level": "WARN", "trace_id": traceID, "span_id": sc.SpanID().String(),
+		"application": "api", "client_addr": "10.0.0.9:40000", "database": "shop",
+		"duration": float64(120 * time.Millisecond),
+	}
+	for k, v := range want {
+		if slow[k] != v {
+			t.Errorf("%s = %v, want %v", k, slow[k], v)
+		}
+	}
+	q, _ := slow["query"].(string)
+	if q == "" || strings.Contains(q, "1000") || strings.Contains(q, "traceparent") {
+		t.Errorf("query = %q, want normalized text without literals or comment", q)
+	}
+	if fp, _ := slow["fingerprint"].(string); len(fp) != 16 {
+		t.Errorf("fingerprint = %q", fp)
+	}
+}
+
+func TestPlaceholdersAndConnectionCleanup(t *testing.T) {
+	u := newUnit(t)
+	// A FunctionCall and an Execute of a statement the proxy never saw
+	// parsed: both still get a span and a detector verdict.
+	u.pl.Observe(stmtEvent("", time.Millisecond, func(s *wire.Statement) { s.Protocol, s.FunctionOID = wire.ProtocolFunctionCall, 1598 }))
+	u.pl.Observe(stmtEvent("", time.Millisecond, nil))
+	// A transaction left open when the connection closes.
+	u.pl.Observe(stmtEvent("BEGIN", time.Millisecond, func(s *wire.Statement) { s.TxStatus, s.CommandTag = wire.TxInBlock, "BEGIN" }))
+	u.pl.Observe(stmtEvent("SELECT 1 "+tp, time.Millisecond, func(s *wire.Statement) { s.TxStatus = wire.TxInBlock }))
+	u.pl.Observe(wire.Event{Kind: wire.ConnClosed, Time: t0.Add(time.Second), Conn: conn, Side: wire.SideClient, Err: errors.New("EOF")})
+
+	names := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range u.spans.Ended() {
+		names[s.Name()] = s
+	}
+	for _, n := range []string{"FUNCTION CALL", "UNKNOWN", "transaction"} {
+		if names[n] == nil {
+			t.Errorf("no %q span among %v", n, keys(names))
+		}
+	}
+	if tx := names["transaction"]; tx != nil {
+		if !tx.EndTime().Equal(t0.Add(time.Second)) || tx.Parent().SpanID().String() != spanID {
+			t.Errorf("transaction span ends %v with parent %v; want the close time and the comment's span", tx.EndTime(), tx.Parent().SpanID())
+		}
+	}
+	// A new transaction on a reused connection id starts clean.
+	u.spans.Reset()
+	u.pl.Observe(stmtEvent("SELECT 2", time.Millisecond, nil))
+	if ended := u.spans.Ended(); len(ended) != 1 || ended[0].Parent().IsValid() {
+		t.Errorf("after ConnClosed a statement got %d spans / a parent: stale transaction state", len(ended))
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestFindingHandler(t *testing.T) {
+	var buf logBuf
+	h := pipeline.FindingHandler(slog.New(slog.NewJSONHandler(&buf, nil)), nil)
+	h(detector.Finding{Type: detector.FindingSlowQuery, Fingerprint: "aa"})
+	h(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api", Detail: "idle 12s"})
+	recs := buf.records(t)
+	if len(recs) != 1 || recs[0]["type"] != "idle_in_transaction" || recs[0]["level"] != "WARN" {
+		t.Errorf("records = %v, want one WARN idle_in_transaction (slow queries are logged per statement)", recs)
+	}
+}
+
+func TestRunStopsWithContext(t *testing.T) {
+	u := newUnit(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.pl.Run(ctx) }()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run = %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// BenchmarkObserveStatement is the per-statement cost of the whole
+// observation path after the relay: cache-hit fingerprint, detector
+// verdict, span and metric records. cpu-ns/op is process CPU time per
+// statement (including the span processor's and GC's goroutines), the
+// honest figure on a shared machine.
+func BenchmarkObserveStatement(b *testing.B) {
+	for _, bc := range []struct{ name, sampler, text string }{
+		{"sampled_child", "parentbased_always_on", "SELECT id, name FROM partners WHERE id = $1 " + tp},
+		{"unsampled_root", "parentbased_always_off", "SELECT id, name FROM partners WHERE id = $1"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+			b.Setenv("OTEL_TRACES_SAMPLER", bc.sampler)
+			log := slog.New(slog.DiscardHandler)
+			exp, err := export.New(context.Background(), export.Config{UpstreamAddr: "db:5432", Logger: log,
+				SpanExporter: tracetest.NewNoopExporter(), KeepSlowSpans: true, SlowThreshold: time.Second})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer exp.Shutdown(context.Background())
+			pl := pipeline.New(pipeline.Config{Analyzer: fingerprint.New(fingerprint.Config{}),
+				Detector: detector.New(detector.Config{SlowThreshold: time.Second}), Exporter: exp, Logger: log})
+			evs := make([]wire.Event, 64)
+			for i := range evs {
+				evs[i] = stmtEvent(bc.text, time.Millisecond, nil)
+				evs[i].Conn.ID = uint64(i % 8)
+			}
+			pl.Observe(evs[0]) // fill the fingerprint cache
+			b.ReportAllocs()
+			cpu := processCPU()
+			i := 0
+			for b.Loop() {
+				pl.Observe(evs[i%len(evs)])
+				i++
+			}
+			b.ReportMetric(float64(processCPU()-cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
