@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/urfave/cli/v2"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// checkResult is one line of `pgtrace check`.
+type checkResult struct {
+	Name string
+	OK   bool
+	Info bool   // neither pass nor fail: something not configured
+	Msg  string // what was found, with the address
+	Fix  string // what to do, when !OK
+}
+
+type checkConfig struct {
+	Upstream    string
+	Listen      string
+	AdminListen string
+	User        string
+	Password    string
+	Database    string
+	Timeout     time.Duration
+}
+
+func checkCommand() *cli.Command {
+	var cc checkConfig
+	return &cli.Command{
+		Name:  "check",
+		Usage: "check that pgtrace can run here: upstream, listen addresses, OTLP endpoint",
+		Description: `check connects to the upstream PostgreSQL (and logs in when a user is
+given), checks that the listen and admin addresses are free, and probes the OTLP
+endpoint named by the OTEL_* variables. It prints PASS or FAIL per item, with the
+address and how to fix each failure, and exits 1 when anything failed.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "upstream", Value: "127.0.0.1:5432", EnvVars: []string{"PGTRACE_UPSTREAM"}, Destination: &cc.Upstream,
+				Usage: "`host:port` of the PostgreSQL server, as for serve"},
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:6432", EnvVars: []string{"PGTRACE_LISTEN"}, Destination: &cc.Listen,
+				Usage: "`address` serve would listen on; checked to be free (\"\" skips)"},
+			&cli.StringFlag{Name: "admin-listen", Value: "127.0.0.1:9187", EnvVars: []string{"PGTRACE_ADMIN_LISTEN"}, Destination: &cc.AdminListen,
+				Usage: "`address` of the admin server; checked to be free (\"\" skips)"},
+			&cli.StringFlag{Name: "user", EnvVars: []string{"PGUSER"}, Destination: &cc.User,
+				Usage: "log in to the upstream as `USER` (no login without it: only the connection is checked)"},
+			&cli.StringFlag{Name: "password", EnvVars: []string{"PGPASSWORD"}, Destination: &cc.Password,
+				Usage: "password for --user"},
+			&cli.StringFlag{Name: "database", EnvVars: []string{"PGDATABASE"}, Destination: &cc.Database,
+				Usage: "database for the login (default: the user name)"},
+			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Second, Destination: &cc.Timeout,
+				Usage: "time allowed for each probe"},
+		},
+		Action: func(c *cli.Context) error {
+			results := runChecks(c.Context, cc, os.Getenv)
+			if n := printChecks(c.App.Writer, results); n > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("%d of %d checks failed", n, len(results))}
+			}
+			return nil
+		},
+	}
+}
+
+// printChecks writes one line per result (and a fix line under failures)
+// and returns how many failed.
+func printChecks(w io.Writer, results []checkResult) (failed int) {
+	for _, r := range results {
+		status := "PASS"
+		switch {
+		case r.Info:
+			status = "INFO"
+		case !r.OK:
+			status = "FAIL"
+			failed++
+		}
+		fmt.Fprintf(w, "%-4s  %-9s %s\n", status, r.Name, r.Msg)
+		if !r.OK && !r.Info && r.Fix != "" {
+			fmt.Fprintf(w, "      %-9s fix: %s\n", "", r.Fix)
+		}
+	}
+	return failed
+}
+
+func runChecks(ctx context.Context, cc checkConfig, getenv func(string) string) []checkResult {
+	var rs []checkResult
+	rs = append(rs, checkUpstream(ctx, cc))
+	if cc.Listen != "" {
+		rs = append(rs, checkFree("listen", cc.Listen, "--listen"))
+	}
+	if cc.AdminListen != "" {
+		rs = append(rs, checkFree("admin", cc.AdminListen, "--admin-listen"))
+	}
+	rs = append(rs, checkOTLP(ctx, cc.Timeout, getenv))
+	return rs
+}
+
+func checkUpstream(ctx context.Context, cc checkConfig) checkResult {
+	r := checkResult{Name: "upstream"}
+	if cc.User == "" {
+		// No credentials: prove a PostgreSQL server answers by sending an
+		// SSLRequest, which every server answers with one byte.
+		d := net.Dialer{Timeout: cc.Timeout}
+		conn, err := d.DialContext(ctx, "tcp", cc.Upstream)
+		if err != nil {
+			r.Msg = fmt.Sprintf("%s: %v", cc.Upstream, err)
+			r.Fix = "start PostgreSQL there, or point --upstream (PGTRACE_UPSTREAM) at it"
+			return r
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(cc.Timeout))
+		if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+			r.Msg = fmt.Sprintf("%s: write SSLRequest: %v", cc.Upstream, err)
+			r.Fix = "check that --upstream names a PostgreSQL server"
+			return r
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(conn, b); err != nil || (b[0] != 'S' && b[0] != 'N') {
+			r.Msg = fmt.Sprintf("%s answers, but not as PostgreSQL (%q, %v)", cc.Upstream, b, err)
+			r.Fix = "check that --upstream names a PostgreSQL server, not another service"
+			return r
+		}
+		r.OK = true
+		r.Msg = fmt.Sprintf("%s is a PostgreSQL server (give --user to check a login too)", cc.Upstream)
+		return r
+	}
+	host, port, err := net.SplitHostPort(cc.Upstream)
+	if err != nil {
+		r.Msg = fmt.Sprintf("%q: %v", cc.Upstream, err)
+		r.Fix = "give --upstream as host:port"
+		return r
+	}
+	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(host, port), User: url.UserPassword(cc.User, cc.Password),
+		Path: "/" + cc.Database, RawQuery: "sslmode=prefer&application_name=pgtrace-check&connect_timeout=" + fmt.Sprint(int(cc.Timeout.Seconds()+0.5))}
+	cctx, cancel := context.WithTimeout(ctx, cc.Timeout)
+	defer cancel()
+	conn, err := pgconn.Connect(cctx, u.String())
+	if err != nil {
+		r.Msg = fmt.Sprintf("%s as %s: %v", cc.Upstream, cc.User, err)
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000"):
+			r.Fix = "check --user/--password (PGUSER/PGPASSWORD) and pg_hba.conf on the server"
+		default:
+			r.Fix = "start PostgreSQL there, or point --upstream (PGTRACE_UPSTREAM) at it"
+		}
+		return r
+	}
+	defer conn.Close(ctx)
+	r.OK = true
+	r.Msg = fmt.Sprintf("%s: logged in as %s (server %s)", cc.Upstream, cc.User, conn.ParameterStatus("server_version"))
+	return r
+}
+
+func checkFree(name, addr, flag string) checkResult {
+	r := checkResult{Name: name}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		r.Msg = fmt.Sprintf("cannot listen on %s: %v", addr, err)
+		r.Fix = fmt.Sprintf("stop what uses %s, or choose another address with %s", addr, flag)
+		return r
+	}
+	l.Close()
+	r.OK = true
+	r.Msg = addr + " is free"
+	return r
+}
+
+// otlpTarget is the traces endpoint the OTEL_* variables name.
+type otlpTarget struct {
+	Protocol string // grpc or http/protobuf
+	Endpoint string // as configured
+	Insecure bool
+}
+
+func otlpFromEnv(getenv func(string) string) (otlpTarget, bool) {
+	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
+		return otlpTarget{}, false
+	}
+	t := otlpTarget{Protocol: "grpc"}
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		if v := getenv(k); v != "" {
+			t.Protocol = v
+			break
+		}
+	}
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := getenv(k); v != "" {
+			t.Endpoint = v
+			break
+		}
+	}
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"} {
+		if v := getenv(k); v != "" {
+			t.Insecure = strings.EqualFold(v, "true")
+			break
+		}
+	}
+	return t, t.Endpoint != ""
+}
+
+func checkOTLP(ctx context.Context, timeout time.Duration, getenv func(string) string) checkResult {
+	r := checkResult{Name: "otlp"}
+	t, ok := otlpFromEnv(getenv)
+	if !ok {
+		r.OK, r.Info = true, true
+		r.Msg = "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT unset or OTEL_SDK_DISABLED=true): traces stay off, /metrics still works"
+		return r
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	switch t.Protocol {
+	case "grpc":
+		return probeOTLPGRPC(ctx, t)
+	case "http/protobuf", "http/json":
+		return probeOTLPHTTP(ctx, t)
+	}
+	r.Msg = fmt.Sprintf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported", t.Protocol)
+	r.Fix = "use grpc or http/protobuf"
+	return r
+}
+
+func probeOTLPGRPC(ctx context.Context, t otlpTarget) checkResult {
+	r := checkResult{Name: "otlp"}
+	target, secure := t.Endpoint, !t.Insecure
+	if u, err := url.Parse(t.Endpoint); err == nil && u.Host != "" {
+		target = u.Host
+		if u.Scheme == "http" {
+			secure = false
+		}
+	}
+	creds := insecure.NewCredentials()
+	if secure {
+		creds = credentials.NewClientTLSFromCert(nil, "")
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		r.Msg = fmt.Sprintf("grpc %s: %v", target, err)
+		r.Fix = "set OTEL_EXPORTER_OTLP_ENDPOINT to the collector's OTLP gRPC address, e.g. http://otel-collector:4317"
+		return r
+	}
+	defer conn.Close()
+	_, err = collectortrace.NewTraceServiceClient(conn).Export(ctx, &collectortrace.ExportTraceServiceRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		r.Msg = fmt.Sprintf("grpc %s (tls=%v): %v", target, secure, err)
+		r.Fix = "start the collector, check the address and port (4317 for gRPC), and OTEL_EXPORTER_OTLP_INSECURE=true for a plaintext collector"
+		return r
+	}
+	r.OK = true
+	r.Msg = fmt.Sprintf("grpc %s accepted an empty trace export", target)
+	return r
+}
+
+func probeOTLPHTTP(ctx context.Context, t otlpTarget) checkResult {
+	r := checkResult{Name: "otlp"}
+	endpoint := t.Endpoint
+	if !strings.Contains(endpoint, "://") {
+		endpoint = "https://" + endpoint
+		if t.Insecure {
+			endpoint = "http://" + t.Endpoint
+		}
+	}
+	if !strings.HasSuffix(endpoint, "/v1/traces") {
+		endpoint = strings.TrimSuffix(endpoint, "/") + "/v1/traces"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(""))
+	if err != nil {
+		r.Msg = fmt.Sprintf("http %s: %v", endpoint, err)
+		r.Fix = "set OTEL_EXPORTER_OTLP_ENDPOINT to the collector's OTLP HTTP address, e.g. http://otel-collector:4318"
+		return r
+	}
+	req.Header.Set("Content-Type", "application/x-protobuf")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.Msg = fmt.Sprintf("http %s: %v", endpoint, err)
+		r.Fix = "start the collector, and check the address and port (4318 for HTTP)"
+		return r
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusNotFound {
+		r.Msg = fmt.Sprintf("http %s answered %s", endpoint, resp.Status)
+		r.Fix = "check that the address is an OTLP/HTTP receiver"
+		return r
+	}
+	r.OK = true
+	r.Msg = fmt.Sprintf("http %s answered %s", endpoint, resp.Status)
+	return r
+}

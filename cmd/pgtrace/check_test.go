@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/dotmac/pgtrace/internal/otlptest"
+	"github.com/dotmac/pgtrace/internal/pgtest"
+)
+
+func TestCheck(t *testing.T) {
+	pg := pgtest.Managed(t)
+	receiver := otlptest.Start(t)
+	dead := closedAddr(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		wantCode int
+		want     []string // lines that must appear, in order
+	}{
+		{
+			name:     "upstream reachable, no OTLP",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			wantCode: 0,
+			want:     []string{"PASS  upstream  " + pg.Addr() + " is a PostgreSQL server", "INFO  otlp      no OTLP endpoint configured"},
+		},
+		{
+			name:     "login with credentials",
+			args:     []string{"--upstream", pg.Addr(), "--user", pgtest.ScramUser, "--password", pgtest.ScramPassword, "--database", "postgres", "--listen", "", "--admin-listen", ""},
+			wantCode: 0,
+			want:     []string{"PASS  upstream  " + pg.Addr() + ": logged in as " + pgtest.ScramUser},
+		},
+		{
+			name:     "wrong password",
+			args:     []string{"--upstream", pg.Addr(), "--user", pgtest.ScramUser, "--password", "nope", "--database", "postgres", "--listen", "", "--admin-listen", ""},
+			wantCode: 1,
+			want:     []string{"FAIL  upstream  " + pg.Addr() + " as " + pgtest.ScramUser, "fix: check --user/--password"},
+		},
+		{
+			name:     "upstream down, listen address taken",
+			args:     []string{"--upstream", dead, "--listen", busy.Addr().String(), "--admin-listen", ""},
+			wantCode: 1,
+			want: []string{"FAIL  upstream  " + dead, "fix: start PostgreSQL there, or point --upstream",
+				"FAIL  listen    cannot listen on " + busy.Addr().String(), "fix: stop what uses"},
+		},
+		{
+			name:     "OTLP receiver answers",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.Endpoint()},
+			wantCode: 0,
+			want:     []string{"PASS  otlp      grpc " + receiver.Addr() + " accepted an empty trace export"},
+		},
+		{
+			name:     "OTLP endpoint down",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", "", "--timeout", "1s"},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + dead},
+			wantCode: 1,
+			want:     []string{"FAIL  otlp      grpc " + dead, "fix: start the collector"},
+		},
+		{
+			name:     "SDK disabled",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + dead, "OTEL_SDK_DISABLED": "true"},
+			wantCode: 0,
+			want:     []string{"INFO  otlp      no OTLP endpoint configured"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED", "PGUSER", "PGPASSWORD", "PGDATABASE"} {
+				t.Setenv(k, "")
+			}
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			code := execute(context.Background(), append([]string{"pgtrace", "check"}, tc.args...), strings.NewReader(""), &stdout, &stderr)
+			out := stdout.String()
+			if code != tc.wantCode {
+				t.Errorf("exit code %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.wantCode, out, stderr.String())
+			}
+			rest := out
+			for _, w := range tc.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("output lacks %q (in order):\n%s", w, out)
+				}
+				rest = rest[i+len(w):]
+			}
+			if tc.wantCode != 0 && !strings.Contains(stderr.String(), "checks failed") {
+				t.Errorf("stderr lacks the failure count: %q", stderr.String())
+			}
+		})
+	}
+}

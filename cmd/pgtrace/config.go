@@ -1,0 +1,318 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/dotmac/pgtrace/wire"
+)
+
+// precedence is stated once, in the help of every command that has flags.
+const precedence = "Settings come from flags > environment variables (PGTRACE_*) > defaults. " +
+	"OpenTelemetry export is configured with the standard OTEL_* variables."
+
+// config is everything `pgtrace serve` can be told. Flags bind straight into
+// its fields (see flags); validate checks it as a whole.
+type config struct {
+	// Network.
+	Listen      string
+	Upstream    string
+	AdminListen string // "" disables the admin server
+	DialTimeout time.Duration
+
+	// TLS.
+	TLSCert         string // client-facing certificate (PEM); with TLSKey
+	TLSKey          string
+	UpstreamSSLMode string // disable|prefer|require|verify-full
+	UpstreamCA      string // PEM bundle; "" means the system pool for verify-full
+
+	// Limits and lifecycle.
+	MaxClientConnections int // 0 means no cap
+	ShutdownTimeout      time.Duration
+	EventQueueSize       int
+
+	// Logging.
+	LogFormat string // json|text
+	LogLevel  string // debug|info|warn|error
+
+	// Detection and analysis (used by the observation pipeline).
+	SlowQueryThreshold         time.Duration
+	NPlusOneThreshold          int
+	NPlusOneWindow             time.Duration
+	NPlusOneMinDuration        time.Duration
+	IdleInTransactionThreshold time.Duration
+	MaxFingerprints            int
+	FingerprintCacheSize       int
+	TenantTag                  string
+	KeepSlowSpans              bool
+}
+
+var (
+	logFormats   = []string{"json", "text"}
+	logLevels    = []string{"debug", "info", "warn", "error"}
+	upstreamSSLs = []string{"disable", "prefer", "require", "verify-full"}
+)
+
+// Flag categories, as --help groups them.
+const (
+	catNetwork   = "Network"
+	catTLS       = "TLS"
+	catLimits    = "Limits and lifecycle"
+	catLogging   = "Logging"
+	catDetection = "Detection"
+)
+
+// env is the environment variable of flag name: PGTRACE_ and the name in
+// upper case with dashes as underscores.
+func env(name string) []string {
+	return []string{"PGTRACE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+}
+
+// flags are the serve flags, bound to c. They are built anew for each App:
+// urfave/cli flags keep state from the last parse.
+func (c *config) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name: "listen", Value: "127.0.0.1:6432", Destination: &c.Listen, EnvVars: env("listen"), Category: catNetwork,
+			Usage: "`host:port` where pgtrace accepts PostgreSQL clients; point the application's DSN here",
+		},
+		&cli.StringFlag{
+			Name: "upstream", Value: "127.0.0.1:5432", Destination: &c.Upstream, EnvVars: env("upstream"), Category: catNetwork,
+			Usage: "`host:port` of the PostgreSQL server; every client connection gets its own upstream connection (session mode)",
+		},
+		&cli.StringFlag{
+			Name: "admin-listen", Value: "127.0.0.1:9187", Destination: &c.AdminListen, EnvVars: env("admin-listen"), Category: catNetwork,
+			Usage: "`host:port` of the admin HTTP server (/healthz, /readyz, /metrics, /api/*, the page); empty disables it. " +
+				"It has no authentication: keep it on loopback or a private network",
+		},
+		&cli.DurationFlag{
+			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,
+			Usage: "how long to wait for the upstream's TCP (and TLS) connection before the client gets a 08001 error",
+		},
+
+		&cli.StringFlag{
+			Name: "tls-cert", Destination: &c.TLSCert, EnvVars: env("tls-cert"), Category: catTLS, TakesFile: true,
+			Usage: "PEM certificate `file` for TLS toward clients (with --tls-key); without both, clients' SSLRequest is answered 'N'",
+		},
+		&cli.StringFlag{
+			Name: "tls-key", Destination: &c.TLSKey, EnvVars: env("tls-key"), Category: catTLS, TakesFile: true,
+			Usage: "PEM private key `file` for --tls-cert",
+		},
+		&cli.StringFlag{
+			Name: "upstream-sslmode", Value: "disable", Destination: &c.UpstreamSSLMode, EnvVars: env("upstream-sslmode"), Category: catTLS,
+			Usage: "TLS toward the upstream, as libpq's sslmode: disable, prefer (TLS when offered), require (TLS, no verification) " +
+				"or verify-full (TLS, certificate and host name verified)",
+		},
+		&cli.StringFlag{
+			Name: "upstream-ca", Destination: &c.UpstreamCA, EnvVars: env("upstream-ca"), Category: catTLS, TakesFile: true,
+			Usage: "PEM CA bundle `file` that signs the upstream's certificate, for --upstream-sslmode verify-full; " +
+				"without it the system's roots are used",
+		},
+
+		&cli.IntFlag{
+			Name: "max-client-connections", Value: 1000, Destination: &c.MaxClientConnections, EnvVars: env("max-client-connections"), Category: catLimits,
+			Usage: "client connections served at once; more are refused with SQLSTATE 53300 and /readyz fails at the cap. " +
+				"0 means no cap (PostgreSQL's max_connections still applies upstream)",
+		},
+		&cli.DurationFlag{
+			Name: "shutdown-timeout", Value: 30 * time.Second, Destination: &c.ShutdownTimeout, EnvVars: env("shutdown-timeout"), Category: catLimits,
+			Usage: "on SIGTERM or SIGINT, how long sessions may finish before the rest are closed (a second signal closes them at once)",
+		},
+		&cli.IntFlag{
+			Name: "event-queue-size", Value: 65536, Destination: &c.EventQueueSize, EnvVars: env("event-queue-size"), Category: catLimits,
+			Usage: "capacity of the queue between the relay and the observers; when it is full, events are dropped and counted, never waited for",
+		},
+
+		&cli.StringFlag{
+			Name: "log-format", Value: "json", Destination: &c.LogFormat, EnvVars: env("log-format"), Category: catLogging,
+			Usage: "log format on stderr: json or text",
+		},
+		&cli.StringFlag{
+			Name: "log-level", Value: "info", Destination: &c.LogLevel, EnvVars: env("log-level"), Category: catLogging,
+			Usage: "least severe level logged: debug, info, warn or error",
+		},
+
+		&cli.DurationFlag{
+			Name: "slow-query-threshold", Value: 100 * time.Millisecond, Destination: &c.SlowQueryThreshold, EnvVars: env("slow-query-threshold"), Category: catDetection,
+			Usage: "a statement taking at least this long is a slow-query finding (and its span is kept, see --keep-slow-spans)",
+		},
+		&cli.IntFlag{
+			Name: "n-plus-one-threshold", Value: 5, Destination: &c.NPlusOneThreshold, EnvVars: env("n-plus-one-threshold"), Category: catDetection,
+			Usage: "executions of one query fingerprint under one parent span (or one transaction) within --n-plus-one-window that make an N+1 finding",
+		},
+		&cli.DurationFlag{
+			Name: "n-plus-one-window", Value: time.Second, Destination: &c.NPlusOneWindow, EnvVars: env("n-plus-one-window"), Category: catDetection,
+			Usage: "time window in which repeated executions count toward --n-plus-one-threshold",
+		},
+		&cli.DurationFlag{
+			Name: "n-plus-one-min-duration", Destination: &c.NPlusOneMinDuration, EnvVars: env("n-plus-one-min-duration"), Category: catDetection,
+			Usage: "ignore N+1 patterns whose executions together took less than this; 0 reports them all",
+		},
+		&cli.DurationFlag{
+			Name: "idle-in-transaction-threshold", Value: 10 * time.Second, Destination: &c.IdleInTransactionThreshold, EnvVars: env("idle-in-transaction-threshold"), Category: catDetection,
+			Usage: "a session idle inside a transaction for this long is a finding",
+		},
+		&cli.IntFlag{
+			Name: "max-fingerprints", Value: 5000, Destination: &c.MaxFingerprints, EnvVars: env("max-fingerprints"), Category: catDetection,
+			Usage: "distinct query fingerprints with statistics and metric attributes; beyond it the least recently seen are evicted and counted",
+		},
+		&cli.IntFlag{
+			Name: "fingerprint-cache-size", Value: 10000, Destination: &c.FingerprintCacheSize, EnvVars: env("fingerprint-cache-size"), Category: catDetection,
+			Usage: "entries in the LRU cache of parsed statement texts (comments stripped)",
+		},
+		&cli.StringFlag{
+			Name: "tenant-tag", Value: "tenant_id", Destination: &c.TenantTag, EnvVars: env("tenant-tag"), Category: catDetection,
+			Usage: "sqlcommenter tag whose value becomes the tenant attribute of metrics and spans; empty disables tenant attribution",
+		},
+		&cli.BoolFlag{
+			Name: "keep-slow-spans", Value: true, Destination: &c.KeepSlowSpans, EnvVars: env("keep-slow-spans"), Category: catDetection,
+			Usage: "export spans of slow, failed and N+1 statements even when the sampler dropped them (--keep-slow-spans=false to disable)",
+		},
+	}
+}
+
+// validate checks the configuration as a whole. Every error names the flag
+// at fault; all problems are reported, not only the first.
+func (c *config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if err := checkHostPort(c.Listen); err != nil {
+		bad("--listen: %w", err)
+	}
+	if err := checkHostPort(c.Upstream); err != nil {
+		bad("--upstream: %w", err)
+	}
+	if c.AdminListen != "" {
+		if err := checkHostPort(c.AdminListen); err != nil {
+			bad("--admin-listen: %w", err)
+		}
+	}
+	if c.DialTimeout <= 0 {
+		bad("--dial-timeout: must be positive, got %v", c.DialTimeout)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("--tls-cert and --tls-key must be given together")
+	}
+	if !slices.Contains(upstreamSSLs, c.UpstreamSSLMode) {
+		bad("--upstream-sslmode: %q is not one of %s", c.UpstreamSSLMode, strings.Join(upstreamSSLs, ", "))
+	}
+	if c.UpstreamCA != "" && c.UpstreamSSLMode != "verify-full" {
+		bad("--upstream-ca is only used with --upstream-sslmode verify-full (got %q)", c.UpstreamSSLMode)
+	}
+	if c.MaxClientConnections < 0 {
+		bad("--max-client-connections: must be 0 (no cap) or more, got %d", c.MaxClientConnections)
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("--shutdown-timeout: must not be negative, got %v", c.ShutdownTimeout)
+	}
+	if c.EventQueueSize <= 0 {
+		bad("--event-queue-size: must be positive, got %d", c.EventQueueSize)
+	}
+	if !slices.Contains(logFormats, c.LogFormat) {
+		bad("--log-format: %q is not one of %s", c.LogFormat, strings.Join(logFormats, ", "))
+	}
+	if !slices.Contains(logLevels, c.LogLevel) {
+		bad("--log-level: %q is not one of %s", c.LogLevel, strings.Join(logLevels, ", "))
+	}
+	if c.SlowQueryThreshold <= 0 {
+		bad("--slow-query-threshold: must be positive, got %v", c.SlowQueryThreshold)
+	}
+	if c.NPlusOneThreshold < 2 {
+		bad("--n-plus-one-threshold: must be at least 2, got %d", c.NPlusOneThreshold)
+	}
+	if c.NPlusOneWindow <= 0 {
+		bad("--n-plus-one-window: must be positive, got %v", c.NPlusOneWindow)
+	}
+	if c.NPlusOneMinDuration < 0 {
+		bad("--n-plus-one-min-duration: must not be negative, got %v", c.NPlusOneMinDuration)
+	}
+	if c.IdleInTransactionThreshold <= 0 {
+		bad("--idle-in-transaction-threshold: must be positive, got %v", c.IdleInTransactionThreshold)
+	}
+	if c.MaxFingerprints <= 0 {
+		bad("--max-fingerprints: must be positive, got %d", c.MaxFingerprints)
+	}
+	if c.FingerprintCacheSize <= 0 {
+		bad("--fingerprint-cache-size: must be positive, got %d", c.FingerprintCacheSize)
+	}
+	if len(errs) <= 1 {
+		return errors.Join(errs...)
+	}
+	// One problem per indented line; every one stays reachable by errors.Is.
+	args := []any{len(errs)}
+	for _, e := range errs {
+		args = append(args, e)
+	}
+	return fmt.Errorf("%d problems with the configuration:"+strings.Repeat("\n  %w", len(errs)), args...)
+}
+
+// checkHostPort accepts host:port with a numeric port; the host may be empty
+// (all interfaces), as net.Listen allows.
+func checkHostPort(s string) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", s, port)
+	}
+	return nil
+}
+
+// logger builds the process logger on w as --log-format and --log-level say.
+// validate must have accepted c.
+func (c *config) logger(w interface{ Write([]byte) (int, error) }) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.LogLevel)) // validated
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// clientTLS loads the client-facing certificate; nil when TLS toward clients
+// is not configured.
+func (c *config) clientTLS() (*tls.Config, error) {
+	if c.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// upstreamTLS builds the upstream TLS settings: the server name is the host
+// of --upstream, the roots --upstream-ca or the system's.
+func (c *config) upstreamTLS() (wire.UpstreamTLS, error) {
+	u := wire.UpstreamTLS{Mode: c.UpstreamSSLMode}
+	if host, _, err := net.SplitHostPort(c.Upstream); err == nil {
+		u.ServerName = host
+	}
+	if c.UpstreamCA != "" {
+		pem, err := os.ReadFile(c.UpstreamCA)
+		if err != nil {
+			return u, fmt.Errorf("--upstream-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return u, fmt.Errorf("--upstream-ca: no PEM certificate in %s", c.UpstreamCA)
+		}
+		u.RootCAs = pool
+	}
+	return u, nil
+}
