@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# compare.sh — pgbench -S through nothing (direct), PgBouncer (session mode)
+# and pgtrace, interleaved within each round, and pgtrace's memory per idle
+# connection.
+#
+# It starts its own PostgreSQL cluster (max_connections raised for the idle
+# test), initialises pgbench, configures PgBouncer, builds and starts
+# pgtrace, then for each round, protocol (-M simple, prepared) and client
+# count (1, 16) runs the three targets back to back (the order rotates each
+# round), and prints TPS, average latency, and the ratios pgtrace/direct and
+# pgtrace/pgbouncer within each round, then their medians.
+#
+# Environment: ROUNDS (3), DURATION seconds per run (10), CLIENTS ("1 16"),
+# MODES ("simple prepared"), SCALE (pgbench scale, 10), IDLE_CONNS (1000;
+# 0 skips the idle-memory measurement of pgtrace), PGTRACE_ARGS (extra serve flags).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10}"
+CLIENTS="${CLIENTS:-1 16}"
+MODES="${MODES:-simple prepared}"
+SCALE="${SCALE:-10}"
+IDLE_CONNS="${IDLE_CONNS:-1000}"
+PGTRACE_ARGS="${PGTRACE_ARGS:-}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+find_bindir() {
+	local d
+	if d="$(pg_config --bindir 2>/dev/null)" && [ -x "$d/initdb" ]; then echo "$d"; return 0; fi
+	for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
+		if [ -x "$d/initdb" ]; then echo "$d"; return 0; fi
+	done
+	return 1
+}
+
+apt_install() {
+	say "installing $*"
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+free_port() { # a loopback port nothing listens on
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 30000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+	done
+}
+
+wait_port() { # wait until something accepts on 127.0.0.1:$1
+	for _ in $(seq 1 100); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	echo "nothing listens on 127.0.0.1:$1" >&2
+	return 1
+}
+
+# --- prerequisites -----------------------------------------------------------
+bindir="$(find_bindir)" || { apt_install postgresql postgresql-contrib; bindir="$(find_bindir)"; }
+PGBOUNCER="$(command -v pgbouncer || true)"
+[ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
+if [ -z "$PGBOUNCER" ]; then
+	apt_install pgbouncer
+	PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+fi
+PGBENCH="$bindir/pgbench"
+[ -x "$PGBENCH" ] || PGBENCH="$(command -v pgbench)"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/pgtrace-bench.XXXXXX")"
+pids=()
+cleanup() {
+	set +e
+	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+	if [ -f "$work/data/postmaster.pid" ]; then as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1; fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [ "$(id -u)" = 0 ]; then chown postgres: "$work"; fi
+
+# --- PostgreSQL --------------------------------------------------------------
+pg_port="$(free_port)"
+say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port ($work)"
+as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$work/initdb.log" 2>&1 ||
+	{ cat "$work/initdb.log" >&2; exit 1; }
+max_conns=$((IDLE_CONNS + 200))
+as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 120 \
+	-o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=$max_conns -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off" \
+	start >/dev/null || { cat "$work/postgres.log" >&2; exit 1; }
+"$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$pg_port" -U postgres postgres >"$work/pgbench-init.log" 2>&1 ||
+	{ cat "$work/pgbench-init.log" >&2; exit 1; }
+
+# --- PgBouncer, session mode -------------------------------------------------
+# start_pgbouncer NAME PORT: sets bouncer_pid (the pgbouncer process).
+start_pgbouncer() {
+	local name="$1" p="$2" dir="$work/$1"
+	mkdir -p "$dir"
+	cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $p
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = session
+max_client_conn = $((IDLE_CONNS + 100))
+default_pool_size = $((IDLE_CONNS + 50))
+max_db_connections = 0
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+INI
+	echo '"postgres" ""' >"$dir/userlist.txt"
+	if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; fi
+	as_pg "$PGBOUNCER" "$dir/pgbouncer.ini" >"$dir/pgbouncer.out" 2>&1 &
+	pids+=($!)
+	wait_port "$p" || { cat "$dir/pgbouncer.out" "$dir/pgbouncer.log" >&2 2>/dev/null; exit 1; }
+	# Under runuser (as root) $! is runuser's; the pid file names pgbouncer.
+	bouncer_pid="$(cat "$dir/pgbouncer.pid" 2>/dev/null || echo "${pids[-1]}")"
+	# runuser need not pass our TERM on: stop pgbouncer itself at cleanup.
+	pids+=("$bouncer_pid")
+}
+bouncer_port="$(free_port)"
+start_pgbouncer bench "$bouncer_port"
+say "PgBouncer $("$PGBOUNCER" --version 2>/dev/null | head -1 | awk '{print $2}') (session mode) on 127.0.0.1:$bouncer_port"
+
+# --- pgtrace -------------------------------------------------------------------
+say "building pgtrace"
+go build -o "$work/pgtrace" ./cmd/pgtrace
+# start_pgtrace NAME PORT: sets pgtrace_pid.
+start_pgtrace() {
+	local name="$1" p="$2"
+	# shellcheck disable=SC2086 # PGTRACE_ARGS is a list of flags
+	"$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "127.0.0.1:$pg_port" --admin-listen "" \
+		--log-level warn --max-client-connections $((IDLE_CONNS + 100)) $PGTRACE_ARGS 2>"$work/pgtrace-$name.log" &
+	pgtrace_pid=$!
+	pids+=($!)
+	wait_port "$p" || { cat "$work/pgtrace-$name.log" >&2; exit 1; }
+}
+pgtrace_port="$(free_port)"
+start_pgtrace bench "$pgtrace_port"
+say "$("$work/pgtrace" version) on 127.0.0.1:$pgtrace_port"
+
+declare -A port=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgtrace]=$pgtrace_port)
+targets=(direct pgbouncer pgtrace)
+
+# --- pgbench rounds ------------------------------------------------------------
+results="$work/results.tsv" # round mode clients target tps latency_ms
+: >"$results"
+say "pgbench -S, $ROUNDS round(s) of ${DURATION}s per run; modes: $MODES; clients: $CLIENTS"
+for round in $(seq 1 "$ROUNDS"); do
+	for mode in $MODES; do
+		for c in $CLIENTS; do
+			jobs=$((c < 2 ? c : 2))
+			# Rotate the order each round so no target always runs first.
+			for i in 0 1 2; do
+				t="${targets[$(((i + round - 1) % 3))]}"
+				out="$("$PGBENCH" -n -S -M "$mode" -c "$c" -j "$jobs" -T "$DURATION" \
+					-h 127.0.0.1 -p "${port[$t]}" -U postgres postgres 2>&1)" || { echo "$out" >&2; exit 1; }
+				tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
+				lat="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
+				printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" >>"$results"
+				printf '  round %s  %-8s  %2s client(s)  %-9s  %10.1f tps  %7.3f ms\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" >&2
+			done
+		done
+	done
+done
+
+# --- report --------------------------------------------------------------------
+echo
+echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round"
+awk -F'\t' '
+function median(list,   n, a, i, j, t) {
+	n = split(list, a, " ")
+	for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{
+	k = $2 SUBSEP $3
+	tps[$1, k, $4] = $5; lat[$1, k, $4] = $6
+	if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
+	if ($1 > rounds) rounds = $1
+}
+END {
+	printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9s %9s | %9s %9s\n", "mode", "clients", "round",
+		"direct", "pgbouncer", "pgtrace", "lat_dir", "lat_bnc", "lat_pgt", "pgt/dir", "pgt/bnc", "+lat_bnc", "+lat_pgt"
+	for (i = 1; i <= nk; i++) {
+		k = order[i]; split(k, kk, SUBSEP)
+		rd = ""; rb = ""; ab = ""; ap = ""
+		for (r = 1; r <= rounds; r++) {
+			d = tps[r, k, "direct"]; b = tps[r, k, "pgbouncer"]; p = tps[r, k, "pgtrace"]
+			ld = lat[r, k, "direct"]; lb = lat[r, k, "pgbouncer"]; lp = lat[r, k, "pgtrace"]
+			printf "%-9s %7s %5s | %10.1f %10.1f %10.1f | %8.3f %8.3f %8.3f | %9.3f %9.3f | %9.3f %9.3f\n",
+				kk[1], kk[2], r, d, b, p, ld, lb, lp, p / d, p / b, lb - ld, lp - ld
+			rd = rd " " p / d; rb = rb " " p / b; ab = ab " " lb - ld; ap = ap " " lp - ld
+		}
+		printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9.3f %9.3f | %9.3f %9.3f\n",
+			kk[1], kk[2], "median", "", "", "", "", "", "", median(rd), median(rb), median(ab), median(ap)
+	}
+	print ""
+	print "pgt/dir, pgt/bnc: pgtrace TPS over direct and PgBouncer TPS; +lat_bnc, +lat_pgt: milliseconds each proxy adds to the average latency"
+}' "$results"
+
+# --- idle connections ------------------------------------------------------------
+# PgBouncer is not measured: it opens server connections one by one and on a
+# loaded 2-core machine times 1,000 clients out (query_wait_timeout).
+# A fresh process, so that memory the benchmark grew and freed does not hide
+# what idle sessions cost.
+if [ "$IDLE_CONNS" -gt 0 ]; then
+	echo
+	say "memory with $IDLE_CONNS idle client connections (fresh pgtrace)"
+	go build -o "$work/idleconns" ./bench/idleconns
+	p="$(free_port)"
+	start_pgtrace idle "$p"
+	sleep 1
+	"$work/idleconns" -label pgtrace -pid "$pgtrace_pid" -n "$IDLE_CONNS" \
+		-dsn "postgres://postgres@127.0.0.1:$p/postgres?sslmode=disable"
+	kill -TERM "$pgtrace_pid"
+fi
+for f in "$work"/pgtrace-*.log; do
+	if grep -q . "$f"; then
+		echo
+		echo "$(basename "$f") (warnings and errors):"
+		cat "$f"
+	fi
+done
