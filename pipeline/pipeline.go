@@ -64,6 +64,11 @@ var (
 		Fingerprint: "0000000000000000", Summary: "UNKNOWN", Operation: "UNKNOWN",
 		ParseError: "statement text not seen by the proxy",
 	}
+	// emptyQuery is a text with no statement in it: only comments or
+	// whitespace, such as the "-- ping" pgx sends (EmptyQueryResponse).
+	emptyQuery = &fingerprint.Query{
+		Fingerprint: "0000000000000002", Summary: "EMPTY", Operation: "EMPTY",
+	}
 	functionCallQuery = &fingerprint.Query{
 		Fingerprint: "0000000000000001", Summary: "FUNCTION CALL", Operation: "FUNCTION CALL",
 	}
@@ -110,7 +115,11 @@ func (p *Pipeline) statement(ev *wire.Event) {
 	case st.Protocol == wire.ProtocolFunctionCall:
 		o.ds.Query = functionCallQuery
 	}
-	if o.ds.Query == nil {
+	switch {
+	case o.ds.Query != nil:
+	case st.Text != "":
+		o.ds.Query = emptyQuery
+	default:
 		o.ds.Query = unknownQuery
 	}
 

@@ -172,6 +172,10 @@ func TestPlaceholdersAndConnectionCleanup(t *testing.T) {
 	// parsed: both still get a span and a detector verdict.
 	u.pl.Observe(stmtEvent("", time.Millisecond, func(s *wire.Statement) { s.Protocol, s.FunctionOID = wire.ProtocolFunctionCall, 1598 }))
 	u.pl.Observe(stmtEvent("", time.Millisecond, nil))
+	// A text with no statement in it: pgx's "-- ping".
+	u.pl.Observe(stmtEvent("-- ping", time.Millisecond, func(s *wire.Statement) {
+		s.Protocol, s.Outcome, s.CommandTag, s.Rows = wire.ProtocolSimple, wire.OutcomeEmpty, "", 0
+	}))
 	// A transaction left open when the connection closes.
 	u.pl.Observe(stmtEvent("BEGIN", time.Millisecond, func(s *wire.Statement) { s.TxStatus, s.CommandTag = wire.TxInBlock, "BEGIN" }))
 	u.pl.Observe(stmtEvent("SELECT 1 "+tp, time.Millisecond, func(s *wire.Statement) { s.TxStatus = wire.TxInBlock }))
@@ -181,7 +185,7 @@ func TestPlaceholdersAndConnectionCleanup(t *testing.T) {
 	for _, s := range u.spans.Ended() {
 		names[s.Name()] = s
 	}
-	for _, n := range []string{"FUNCTION CALL", "UNKNOWN", "transaction"} {
+	for _, n := range []string{"FUNCTION CALL", "UNKNOWN", "EMPTY", "transaction"} {
 		if names[n] == nil {
 			t.Errorf("no %q span among %v", n, keys(names))
 		}
