@@ -36,6 +36,10 @@ type Analyzer struct {
 	seed2  maphash.Seed // hit check of entries that do not keep their text
 	shards []*lru.Cache[uint64, *entry]
 	mask   uint64
+	// shapes caches analyses by the text's shape (shapeHash): texts that
+	// differ only in their constants, such as every simple-protocol
+	// "… WHERE id = 42", share one parse. Same sharding and size as shards.
+	shapes []*lru.Cache[uint64, shapeEntry]
 
 	hits, misses, evictions atomic.Uint64
 	invalidTraceparents     atomic.Uint64
@@ -50,6 +54,13 @@ type entry struct {
 	// open: the body ends in an unterminated literal or identifier, so
 	// quickScan's outline of a text holding it cannot be trusted.
 	open bool
+}
+
+// shapeEntry is an analysis cached by shape. check is the shape's second,
+// independent hash: a false match needs both 64-bit hashes to collide.
+type shapeEntry struct {
+	check   uint64
+	queries []*Query
 }
 
 // New returns an Analyzer for cfg; zero fields take their defaults.
@@ -75,6 +86,7 @@ func New(cfg Config) *Analyzer {
 		seed:   maphash.MakeSeed(),
 		seed2:  maphash.MakeSeed(),
 		shards: make([]*lru.Cache[uint64, *entry], n),
+		shapes: make([]*lru.Cache[uint64, shapeEntry], n),
 		mask:   uint64(n - 1),
 	}
 	per := cfg.CacheSize / n
@@ -88,6 +100,11 @@ func New(cfg Config) *Analyzer {
 			panic(fmt.Sprintf("fingerprint: lru cache of %d: %v", size, err))
 		}
 		a.shards[i] = c
+		sc, err := lru.New[uint64, shapeEntry](size)
+		if err != nil {
+			panic(fmt.Sprintf("fingerprint: lru cache of %d: %v", size, err))
+		}
+		a.shapes[i] = sc
 	}
 	return a
 }
@@ -209,10 +226,26 @@ func (a *Analyzer) queries(sc *scanned) []*Query {
 	if qs, hit := a.lookup(body, false); hit {
 		return qs
 	}
+	// A text the exact cache does not know may still have a known shape.
+	// Such hits are not added to the exact cache: texts that differ only in
+	// constants would flood it.
+	sh1, sh2, shaped := uint64(0), uint64(0), len(body) <= a.cfg.MaxStatementLength
+	if shaped {
+		sh1, sh2, shaped = shapeHash(body, a.seed, a.seed2)
+	}
+	if shaped {
+		if se, ok := a.shapes[sh1&a.mask].Get(sh1); ok && se.check == sh2 {
+			a.hits.Add(1)
+			return se.queries
+		}
+	}
 	a.misses.Add(1)
 	h := maphash.String(a.seed, body)
 	shard := a.shards[h&a.mask]
 	e := &entry{queries: a.analyzeBody(body), open: sc.open}
+	if shaped {
+		a.shapes[sh1&a.mask].Add(sh1, shapeEntry{check: sh2, queries: e.queries})
+	}
 	if len(body) <= maxKeptText {
 		e.text = strings.Clone(body)
 	} else {
@@ -244,6 +277,46 @@ func (e *entry) matches(a *Analyzer, body string) bool {
 		return e.text == body
 	}
 	return e.text == "" && e.check == maphash.String(a.seed2, body)
+}
+
+// shapeHash hashes body's tokens with every constant (string, number,
+// dollar-quoted body) replaced by one marker and every run of whitespace or
+// comments by another: texts with the same shape differ only in their
+// constants, which no part of a Query depends on (the fingerprint ignores
+// them, the normalized text replaces them, summaries name operations and
+// tables). It reports false for a text with an unterminated token.
+func shapeHash(body string, seed1, seed2 maphash.Seed) (h1, h2 uint64, ok bool) {
+	var x, y maphash.Hash
+	x.SetSeed(seed1)
+	y.SetSeed(seed2)
+	write := func(s string) {
+		x.WriteString(s)
+		y.WriteString(s)
+	}
+	l := lexer{s: body}
+	gap := false
+	for {
+		t := l.next()
+		if t.open {
+			return 0, 0, false
+		}
+		switch {
+		case t.kind == tkEOF:
+			return x.Sum64(), y.Sum64(), true
+		case t.kind == tkSpace || t.kind == tkLineComment || t.kind == tkBlockComment:
+			if !gap {
+				write("\x00 ")
+				gap = true
+			}
+			continue
+		case t.kind.isLiteral():
+			write("\x00L")
+		default:
+			write("\x00")
+			write(body[t.start:t.end])
+		}
+		gap = false
+	}
 }
 
 // analyzeBody parses a body (the cache-miss path). A panic anywhere in it

@@ -1,6 +1,7 @@
 package fingerprint
 
 import (
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,4 +109,25 @@ func BenchmarkScan(b *testing.B) {
 		}
 	}
 	reportCPU(b, start)
+}
+
+// BenchmarkShapeHit is the simple protocol's steady state: every text has
+// new constants, so the exact cache misses and the shape cache answers.
+func BenchmarkShapeHit(b *testing.B) {
+	a := New(Config{})
+	texts := make([]string, 1024)
+	for i := range texts {
+		texts[i] = "SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i*7919)
+	}
+	a.Analyze(texts[0])
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := a.Analyze(texts[i&1023]); len(r.Queries) != 1 {
+			b.Fatal("no query")
+		}
+	}
+	if st := a.Stats(); st.Misses != 1 {
+		b.Fatalf("stats %+v: every text after the first must hit by shape", st)
+	}
 }

@@ -473,3 +473,42 @@ func TestNewDefaults(t *testing.T) {
 
 // queryOf is Result.Query on a value that is not addressable.
 func queryOf(r Result, i int) *Query { return r.Query(i) }
+
+// TestCacheByShape: texts that differ only in constants share one parse, and
+// the shared analysis holds none of their constants; a different identifier,
+// operator or parameter is a different shape.
+func TestCacheByShape(t *testing.T) {
+	a := New(Config{})
+	first := a.Analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 71").Queries[0]
+	for _, sql := range []string{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 90210",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 'x7'",
+		"SELECT abalance  FROM pgbench_accounts /* note */ WHERE aid = $$q$$",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 3 /*traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/",
+	} {
+		got := a.Analyze(sql).Queries[0]
+		if got != first {
+			t.Errorf("%q: got a new analysis %+v, want the shared one", sql, got)
+		}
+	}
+	if st := a.Stats(); st.Misses != 1 || st.Hits != 4 || st.Size != 1 {
+		t.Errorf("stats %+v: want 1 miss (one parse), 4 hits, 1 exact entry", st)
+	}
+	if strings.Contains(first.Normalized, "71") || first.Normalized != "SELECT abalance FROM pgbench_accounts WHERE aid = $1" {
+		t.Errorf("normalized = %q", first.Normalized)
+	}
+	for _, sql := range []string{
+		"SELECT abalance FROM pgbench_branches WHERE aid = 1",
+		"SELECT abalance FROM pgbench_accounts WHERE aid > 1",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 'open",
+	} {
+		before := a.Stats().Misses
+		if got := a.Analyze(sql).Queries[0]; got == first {
+			t.Errorf("%q shares the analysis of another shape", sql)
+		}
+		if a.Stats().Misses != before+1 {
+			t.Errorf("%q: not parsed on its own", sql)
+		}
+	}
+}
