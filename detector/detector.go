@@ -156,7 +156,10 @@ func (d *Detector) Observe(s *Statement) Verdict {
 		}
 		c.otherStatement(control)
 	} else {
-		d.observeConnRun(c, s, dur, control, inTx, &v, &p)
+		// Without trace context the signal is weaker: a statement that reads
+		// no table (a pool's "SELECT 1" ping, "SELECT now()") is neither a
+		// candidate nor a statement in between.
+		d.observeConnRun(c, s, dur, control || len(s.Query.Tables) == 0, inTx, &v, &p)
 	}
 	c.afterStatement(s, st)
 	d.mu.Unlock()

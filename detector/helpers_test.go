@@ -3,6 +3,7 @@ package detector
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/dotmac/pgtrace/fingerprint"
@@ -14,7 +15,11 @@ var t0 = time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // query makes a fingerprint.Query for a synthetic statement.
 func query(fp, normalized, op string) *fingerprint.Query {
-	return &fingerprint.Query{Fingerprint: fp, Normalized: normalized, Summary: op + " t", Operation: op}
+	q := &fingerprint.Query{Fingerprint: fp, Normalized: normalized, Summary: op + " t", Operation: op}
+	if i := strings.Index(normalized, " FROM "); i >= 0 {
+		q.Tables = []string{strings.Fields(normalized[i+len(" FROM "):])[0]}
+	}
+	return q
 }
 
 var (
@@ -24,6 +29,7 @@ var (
 	qBegin  = query("d4d4d4d4d4d4d4d4", "BEGIN", "BEGIN")
 	qCommit = query("e5e5e5e5e5e5e5e5", "COMMIT", "COMMIT")
 	qSet    = query("f6f6f6f6f6f6f6f6", "SET application_name = $1", "SET")
+	qPing   = query("a7a7a7a7a7a7a7a7", "SELECT $1", "SELECT") // reads no table
 )
 
 func conn(id uint64, app string) *wire.ConnInfo {

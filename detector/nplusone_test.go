@@ -270,6 +270,16 @@ func TestNPlusOneConnectionFallback(t *testing.T) {
 			steps: loop(10, time.Millisecond, I, qSet),
 			want:  map[string]int64{},
 		},
+		{
+			name:  "a pool's pings read no table: not candidates",
+			steps: loop(10, time.Millisecond, I, qPing),
+			want:  map[string]int64{},
+		},
+		{
+			name:  "pings between repetitions do not count",
+			steps: loop(10, time.Millisecond, I, qUser, qPing, qPing, qPing),
+			want:  map[string]int64{qUser.Fingerprint: 10},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
