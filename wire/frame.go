@@ -49,6 +49,15 @@ type frameObserver interface {
 	message(typ byte, body []byte, bodyLen int, whole bool) error
 }
 
+// flushObserver is a frameObserver that also wants to know when the framed
+// messages have been written to dst: run calls flushed after each write of
+// framed messages (and before it blocks in the next read). Work that need
+// not delay the relayed bytes, such as handing events to the dispatcher,
+// belongs there.
+type flushObserver interface {
+	flushed()
+}
+
 // relayError says which leg of one relay direction failed.
 type relayError struct {
 	read bool // true: reading the source; false: writing the destination
@@ -102,6 +111,7 @@ func newFramerSize(src io.Reader, dst io.Writer, whole *[256]bool, size int) *fr
 // error come back as *relayError; a framing error as *ProtocolError; an
 // observer's error as is.
 func (f *framer) run(obs frameObserver) error {
+	fl, _ := obs.(flushObserver)
 	var readErr error
 	for {
 		for f.w-f.r >= 5 {
@@ -144,6 +154,9 @@ func (f *framer) run(obs frameObserver) error {
 		}
 		if err := f.flush(); err != nil {
 			return err
+		}
+		if fl != nil {
+			fl.flushed()
 		}
 		if readErr != nil {
 			f.readErr = relayError{read: true, err: readErr}

@@ -258,6 +258,7 @@ func (s *session) relay() {
 		be.abandon(first.err)
 	}
 	be.release(0)
+	be.flushed()
 	switch {
 	case first.err == nil:
 		s.log.Debug(first.side.String() + " closed the connection")
@@ -334,8 +335,17 @@ func (s *session) writeClient(b []byte) {
 
 // emit sends e with the session's current ConnInfo.
 func (s *session) emit(e *Event) {
+	if s.stamp(e) {
+		s.srv.emit(e)
+	}
+}
+
+// stamp sets e's Time (when zero) and Conn, the session's current ConnInfo,
+// making e ready to send. It reports false when events are not made (no
+// Observer, or a replication session).
+func (s *session) stamp(e *Event) bool {
 	if s.srv.Observer == nil || s.replication {
-		return
+		return false
 	}
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -343,7 +353,7 @@ func (s *session) emit(e *Event) {
 	s.mu.Lock()
 	e.Conn = s.info
 	s.mu.Unlock()
-	s.srv.emit(e)
+	return true
 }
 
 // state is the session as Connections reports it; ok is false before the

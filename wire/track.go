@@ -332,6 +332,11 @@ type backendCopier struct {
 	// statements of a multi-statement Query.
 	lastText string
 	held     []*stmtEvent
+	// outbox holds the events made while framing the current read, stamped
+	// (Time, Conn) in wire order; flushed sends them once the messages that
+	// made them have been written to the client, so handing them to the
+	// dispatcher (which may wake it) never delays the relayed bytes.
+	outbox   []*Event
 	fatalErr *ServerError // the last FATAL/PANIC the upstream sent
 }
 
@@ -508,16 +513,37 @@ func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag [
 	}
 }
 
-// release sends the held statement events with TxStatus tx.
+// release moves the held statement events, with TxStatus tx, to the outbox.
 func (bc *backendCopier) release(tx byte) int {
 	n := len(bc.held)
 	for i, se := range bc.held {
 		se.st.TxStatus = tx
-		bc.s.emit(&se.ev)
+		bc.post(&se.ev)
 		bc.held[i] = nil
 	}
 	bc.held = bc.held[:0]
 	return n
+}
+
+// post stamps e now and queues it in the outbox.
+func (bc *backendCopier) post(e *Event) {
+	if bc.s.stamp(e) {
+		bc.outbox = append(bc.outbox, e)
+	}
+}
+
+// flushed sends the outbox to the dispatcher. The framer calls it after each
+// write to the client; the session calls it once more after the
+// backendCopier has returned.
+func (bc *backendCopier) flushed() {
+	if len(bc.outbox) == 0 {
+		return
+	}
+	for i, e := range bc.outbox {
+		bc.s.srv.emit(e)
+		bc.outbox[i] = nil
+	}
+	bc.outbox = bc.outbox[:0]
 }
 
 // abandon ends the requests still awaiting an answer as failed with
@@ -563,11 +589,11 @@ func (bc *backendCopier) readyForQuery(tx byte) {
 	s.mu.Unlock()
 	bc.index = 0
 	if first {
-		s.emit(&Event{Kind: ConnAuthenticated, ConnectDuration: time.Since(s.dialStart)})
+		bc.post(&Event{Kind: ConnAuthenticated, ConnectDuration: time.Since(s.dialStart)})
 		return
 	}
 	if bc.release(tx) == 0 && changed {
-		s.emit(&Event{Kind: TxStatus})
+		bc.post(&Event{Kind: TxStatus})
 	}
 }
 
@@ -589,7 +615,7 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 	s.mu.Lock()
 	if !s.ready {
 		s.mu.Unlock()
-		s.emit(&Event{Kind: ConnAuthFailed, ConnectDuration: time.Since(s.dialStart),
+		bc.post(&Event{Kind: ConnAuthFailed, ConnectDuration: time.Since(s.dialStart),
 			Err: &ServerError{Severity: sev, Code: e.Code, Message: e.Message}})
 		return nil
 	}
