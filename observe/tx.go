@@ -21,41 +21,33 @@ import (
 // returned and a panic continues. Otherwise the transaction is committed and
 // a commit error is returned. WithTxOptions sets the transaction's options and
 // WithSpanAttributes adds span attributes.
-func TracedTx(ctx context.Context, db *sql.DB, name string, fn func(ctx context.Context, tx *sql.Tx) error, opts ...Option) (err error) {
+func TracedTx(ctx context.Context, db *sql.DB, name string, fn func(ctx context.Context, tx *sql.Tx) error, opts ...Option) error {
 	c := newConfig(opts...)
-	ctx, span := c.tracer().Start(ctx, name,
-		trace.WithSpanKind(trace.SpanKindInternal),
-		trace.WithAttributes(c.SpanAttributes...))
-	defer func() {
+	return TracedOp(ctx, name, func(ctx context.Context) error {
+		tx, err := db.BeginTx(ctx, c.TxOptions)
 		if err != nil {
-			setSpanError(span, err)
+			return fmt.Errorf("%s: begin: %w", name, err)
 		}
-		span.End()
-	}()
-
-	tx, err := db.BeginTx(ctx, c.TxOptions)
-	if err != nil {
-		return fmt.Errorf("%s: begin: %w", name, err)
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			span.SetStatus(codes.Error, fmt.Sprint("panic: ", p))
-			span.SetAttributes(semconv.ErrorTypeKey.String("panic"))
-			_ = tx.Rollback()
-			panic(p) // the deferred span.End above still runs
-
+		defer func() {
+			if p := recover(); p != nil {
+				span := trace.SpanFromContext(ctx)
+				span.SetStatus(codes.Error, fmt.Sprint("panic: ", p))
+				span.SetAttributes(semconv.ErrorTypeKey.String("panic"))
+				_ = tx.Rollback()
+				panic(p) // TracedOp's deferred span.End still runs
+			}
+		}()
+		if err := fn(ctx, tx); err != nil {
+			if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+				return errors.Join(err, fmt.Errorf("%s: rollback: %w", name, rbErr))
+			}
+			return err
 		}
-	}()
-	if err := fn(ctx, tx); err != nil {
-		if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
-			return errors.Join(err, fmt.Errorf("%s: rollback: %w", name, rbErr))
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("%s: commit: %w", name, err)
 		}
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("%s: commit: %w", name, err)
-	}
-	return nil
+		return nil
+	}, opts...)
 }
 
 // TracedOp runs fn under a span called name, the guide's

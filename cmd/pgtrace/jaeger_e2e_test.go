@@ -58,7 +58,7 @@ func jaegerBinary(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Logf("PGTRACE_JAEGER_BIN is unset: running %s (the first build takes several minutes)", script)
-	var stderr jaegerOutput
+	var stderr lockedBuffer
 	cmd := exec.Command("bash", script)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -72,30 +72,11 @@ func jaegerBinary(t *testing.T) string {
 	return bin
 }
 
-// jaegerOutput collects a subprocess's output for failure messages; the
-// process writes it from its own goroutines.
-type jaegerOutput struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (o *jaegerOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *jaegerOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // jaegerServer is a running Jaeger v2 subprocess.
 type jaegerServer struct {
 	otlpAddr string // OTLP gRPC receiver, host:port
 	apiURL   string // query service HTTP base, e.g. http://127.0.0.1:16686
-	out      *jaegerOutput
+	out      *lockedBuffer
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
@@ -148,7 +129,7 @@ func tryStartJaeger(t *testing.T, bin, config string) (*jaegerServer, error) {
 	js := &jaegerServer{
 		otlpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p[0])),
 		apiURL:   "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p[1])),
-		out:      &jaegerOutput{},
+		out:      &lockedBuffer{},
 	}
 	cmd := exec.Command(bin, "--config", config)
 	// Jaeger is an OTel collector: keep this process's OTEL_* settings
