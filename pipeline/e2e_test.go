@@ -143,9 +143,8 @@ func TestEndToEndOTLP(t *testing.T) {
 		for range 5 {
 			var name string
 			// QueryExecModeExec sends Parse, Bind and Execute in one batch, so
-			// the comment applies to every execution. (pgx's default mode
-			// prepares in a batch of its own first: its executions are
-			// Reused, and get no parent by DESIGN.md decision 5.)
+			// the comment applies to every execution. (pgx's default mode is
+			// the next subtest.)
 			if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeExec, 1259).Scan(&name); err != nil {
 				t.Fatal(err)
 			}
@@ -189,6 +188,36 @@ func TestEndToEndOTLP(t *testing.T) {
 			}
 			return false
 		})
+	})
+
+	t.Run("pgx default mode: prepared, then executed in the next batch", func(t *testing.T) {
+		// QueryExecModeCacheStatement prepares (Parse, Describe, Sync) and
+		// executes (Bind, Execute, Sync) in two round trips. The first
+		// execution is the one the comment was written for and gets its
+		// parent; the cached statement's later executions get none
+		// (DESIGN.md decision 5: never a stale parent).
+		tp, traceID, spanID := newTraceparent()
+		sql := "SELECT relname FROM pg_class WHERE oid = $1 AND relkind = 'r' /*traceparent='" + tp + "'*/"
+		for range 2 {
+			var name string
+			if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeCacheStatement, 1259).Scan(&name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		spans := rcv.WaitSpans(t, wait, 1, clientOf(traceID))
+		if len(spans) != 1 || spans[0].ParentSpanID() != spanID {
+			t.Fatalf("got %d spans in the comment's trace (want 1, parented by %s)", len(spans), spanID)
+		}
+		// The reuse is a root of its own trace: find it by its fingerprint.
+		res := p.analyzer.Analyze(sql)
+		fp := res.Query(0).Fingerprint
+		roots := rcv.WaitSpans(t, wait, 1, func(s otlptest.Span) bool {
+			v, _ := otlptest.Attr(s.GetAttributes(), "pgtrace.fingerprint")
+			return v == fp && s.TraceID() != traceID
+		})
+		if pid := roots[0].ParentSpanID(); pid != "" {
+			t.Errorf("the reused statement's span has parent %q, want none", pid)
+		}
 	})
 
 	t.Run("error status", func(t *testing.T) {
