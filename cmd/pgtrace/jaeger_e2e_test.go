@@ -13,10 +13,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -24,19 +22,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dotmac/pgtrace/detector"
-	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/internal/pgtest"
-	"github.com/dotmac/pgtrace/pipeline"
-	"github.com/dotmac/pgtrace/wire"
 )
 
 // jaegerWait bounds Jaeger's start and the wait for a trace to appear in it.
@@ -312,80 +305,6 @@ func (js *jaegerServer) waitTrace(t *testing.T, traceID string, match func(jaege
 	}
 }
 
-// jaegerProxy runs the observing proxy in-process, as `pgtrace serve`
-// assembles it, in front of pg, exporting by the OTEL_* environment.
-// shutdown stops the relay and then flushes the exporter; it runs at most
-// once and also on cleanup.
-type jaegerProxy struct {
-	addr     string
-	analyzer *fingerprint.Analyzer
-	shutdown func() error
-}
-
-func startJaegerProxy(t *testing.T, pg *pgtest.Server) *jaegerProxy {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(jaegerTestWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p := &jaegerProxy{analyzer: fingerprint.New(fingerprint.Config{})}
-	srv := &wire.Server{Upstream: pg.Addr(), Logger: log}
-	exp, err := export.New(ctx, export.Config{
-		UpstreamAddr: pg.Addr(), SlowThreshold: time.Second, KeepSlowSpans: true, Logger: log, Version: "test",
-		DroppedEvents: srv.DroppedEvents, AnalyzerStats: p.analyzer.Stats, Connections: srv.Connections,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	det := detector.New(detector.Config{SlowThreshold: time.Second, OnFinding: pipeline.FindingHandler(log, exp)})
-	pl := pipeline.New(pipeline.Config{Analyzer: p.analyzer, Detector: det, Exporter: exp, Logger: log})
-	srv.Observer = pl
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	p.addr = lis.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis) }()
-	go func() { _ = pl.Run(ctx) }()
-
-	var once sync.Once
-	var shutErr error
-	p.shutdown = func() error {
-		once.Do(func() {
-			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer scancel()
-			// The relay first, so its last events reach the exporter; then
-			// the flush.
-			if err := srv.Shutdown(sctx); err != nil {
-				shutErr = fmt.Errorf("wire shutdown: %w", err)
-			}
-			cancel()
-			if err := <-served; err != nil && !errors.Is(err, wire.ErrServerClosed) && !errors.Is(err, context.Canceled) {
-				shutErr = errors.Join(shutErr, fmt.Errorf("serve: %w", err))
-			}
-			if err := exp.Shutdown(sctx); err != nil {
-				shutErr = errors.Join(shutErr, fmt.Errorf("export shutdown: %w", err))
-			}
-		})
-		return shutErr
-	}
-	t.Cleanup(func() {
-		if err := p.shutdown(); err != nil {
-			t.Error(err)
-		}
-	})
-	return p
-}
-
-type jaegerTestWriter struct{ t *testing.T }
-
-func (w jaegerTestWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
-
 func TestJaegerEndToEnd(t *testing.T) {
 	started := time.Now()
 	bin := jaegerBinary(t)
@@ -404,7 +323,9 @@ func TestJaegerEndToEnd(t *testing.T) {
 	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
 	t.Setenv("OTEL_SDK_DISABLED", "")
 	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
-	p := startJaegerProxy(t, pg)
+	// The real command, in-process: what users run.
+	p := startPgtrace(t, "--upstream", pg.Addr())
+	listen := p.ready.str("listen")
 
 	var ids [24]byte
 	_, _ = rand.Read(ids[:])
@@ -413,14 +334,14 @@ func TestJaegerEndToEnd(t *testing.T) {
 	const literal = "pg_namespace"
 	sql := "SELECT oid FROM pg_class WHERE relname = '" + literal + "' AND relnamespace > 0" +
 		" /*traceparent='00-" + traceID + "-" + parentID + "-01'*/"
-	res := p.analyzer.Analyze(sql)
+	res := fingerprint.New(fingerprint.Config{}).Analyze(sql)
 	want := res.Query(0)
 	if want.Normalized == "" || strings.Contains(want.Normalized, literal) || want.Summary == "" || want.Operation == "" {
 		t.Fatalf("fingerprint of the test query: %+v", want)
 	}
 
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.DSNAt(p.addr, pg.User, pg.Password, pg.Database))
+	conn, err := pgx.Connect(ctx, pgtest.DSNAt(listen, pg.User, pg.Password, pg.Database))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,8 +354,9 @@ func TestJaegerEndToEnd(t *testing.T) {
 	if err := conn.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.shutdown(); err != nil { // flushes the spans to Jaeger
-		t.Fatal(err)
+	// SIGTERM: serve stops the relay, then flushes the spans to Jaeger.
+	if err := p.stop(t, errSigTerm); err != errSigTerm {
+		t.Fatalf("pgtrace stopped with %v, want the SIGTERM exit", err)
 	}
 
 	s := js.waitTrace(t, traceID, func(s jaegerSpan) bool { return s.ParentSpanID == parentID })
