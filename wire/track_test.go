@@ -205,17 +205,22 @@ func TestTrackReused(t *testing.T) {
 		parseComplete, rfq("I"), rfq("I"),
 		bindComplete, cc("SELECT 0"), rfq("I"),
 	)
-	evs := sc.events(6)
 	want := []struct {
 		text   string
 		reused bool
 	}{{"select p", false}, {"select p", false}, {"select p", true}, {"select q", false}, {"select q", true}, {"select r", true}}
-	var got []Event
-	for _, e := range evs {
-		if e.Kind == StatementDone {
-			got = append(got, e)
+	// Wait for the statements themselves: TxStatus events (the empty
+	// batches') come in between.
+	statements := func(evs []Event) (out []Event) {
+		for _, e := range evs {
+			if e.Kind == StatementDone {
+				out = append(out, e)
+			}
 		}
+		return out
 	}
+	evs := sc.rec.wait(t, "6 statements", func(evs []Event) bool { return len(statements(evs)) >= len(want) })
+	got := statements(evs)
 	if len(got) != len(want) {
 		t.Fatalf("%d statements, want %d:\n%s", len(got), len(want), dumpEvents(evs))
 	}
