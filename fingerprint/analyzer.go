@@ -153,7 +153,14 @@ func (a *Analyzer) readTags(res *Result, sc *scanned) {
 			tracestate = v
 			continue
 		}
+		// Known keys are plain ASCII too: try the raw key before decoding it.
+		if a.setTag(res, k, v) {
+			continue
+		}
 		dk := decodeTag(k)
+		if dk == k && !a.cfg.KeepUnknownTags {
+			continue // not a known key, and decoding cannot make it one
+		}
 		switch dk {
 		case "traceparent":
 			traceparent = v

@@ -145,15 +145,8 @@ func skipSegment(s string, i int) int {
 // Invalid percent escapes are kept as written. Without '\' or '%' the input
 // is returned as is, without allocating.
 func decodeTag(s string) string {
-	plain := true
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' || s[i] == '%' {
-			plain = false
-			break
-		}
-	}
-	if plain {
-		return s
+	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '\\') < 0 {
+		return s // the common case, found with the vectorized search
 	}
 	var b strings.Builder
 	b.Grow(len(s))
