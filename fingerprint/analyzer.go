@@ -214,7 +214,7 @@ func (a *Analyzer) setTag(res *Result, k, v string) bool {
 	case "db_driver":
 		dst = &res.Tags.DBDriver
 	default:
-		if k != a.cfg.TenantKey {
+		if a.cfg.NoTenant || k != a.cfg.TenantKey {
 			return false
 		}
 		dst = &res.Tags.Tenant

@@ -162,6 +162,22 @@ func TestUnknownTagsDroppedByDefault(t *testing.T) {
 	}
 }
 
+func TestNoTenant(t *testing.T) {
+	const sql = "SELECT 1 /*tenant_id='t1',application='app'*/"
+	for _, tc := range []struct {
+		cfg  Config
+		want Tags
+	}{
+		{Config{}, Tags{Tenant: "t1", Application: "app"}},
+		{Config{NoTenant: true}, Tags{Application: "app"}},
+		{Config{NoTenant: true, KeepUnknownTags: true}, Tags{Application: "app", Extra: map[string]string{"tenant_id": "t1"}}},
+	} {
+		if d := cmp.Diff(tc.want, New(tc.cfg).Analyze(sql).Tags); d != "" {
+			t.Errorf("%+v: tags (-want +got):\n%s", tc.cfg, d)
+		}
+	}
+}
+
 func TestTraceparents(t *testing.T) {
 	f, err := os.Open(filepath.Join("testdata", "traceparents.txt"))
 	if err != nil {

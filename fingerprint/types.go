@@ -77,6 +77,7 @@ type Config struct {
 	CacheSize          int    // distinct comment-stripped texts kept; default 10000
 	MaxStatementLength int    // longer texts are hashed and truncated, not parsed; default 64 KiB
 	TenantKey          string // sqlcommenter key read as the tenant; default "tenant_id"
+	NoTenant           bool   // read no tenant tag at all (TenantKey is then ignored)
 	KeepUnknownTags    bool   // keep keys pgtrace does not know in Tags.Extra
 }
 

@@ -149,11 +149,12 @@ func (c *config) flags() []cli.Flag {
 		},
 		&cli.IntFlag{
 			Name: "n-plus-one-threshold", Value: 5, Destination: &c.NPlusOneThreshold, EnvVars: env("n-plus-one-threshold"), Category: catDetection,
-			Usage: "executions of one query fingerprint under one parent span (or one transaction) within --n-plus-one-window that make an N+1 finding",
+			Usage: "executions of one query fingerprint under one trace id (whatever their parent spans) that make an N+1 finding; " +
+				"without trace context, repeats on one connection within one transaction or within --n-plus-one-window",
 		},
 		&cli.DurationFlag{
 			Name: "n-plus-one-window", Value: time.Second, Destination: &c.NPlusOneWindow, EnvVars: env("n-plus-one-window"), Category: catDetection,
-			Usage: "time window in which repeated executions count toward --n-plus-one-threshold",
+			Usage: "without trace context, the time window in which repeats on one connection count toward --n-plus-one-threshold",
 		},
 		&cli.DurationFlag{
 			Name: "n-plus-one-min-duration", Destination: &c.NPlusOneMinDuration, EnvVars: env("n-plus-one-min-duration"), Category: catDetection,
@@ -165,7 +166,7 @@ func (c *config) flags() []cli.Flag {
 		},
 		&cli.IntFlag{
 			Name: "max-fingerprints", Value: 5000, Destination: &c.MaxFingerprints, EnvVars: env("max-fingerprints"), Category: catDetection,
-			Usage: "distinct query fingerprints with statistics and metric attributes; beyond it the least recently seen are evicted and counted",
+			Usage: "distinct query fingerprints with statistics (/api/queries); beyond it those with the least total time are evicted and counted",
 		},
 		&cli.IntFlag{
 			Name: "fingerprint-cache-size", Value: 10000, Destination: &c.FingerprintCacheSize, EnvVars: env("fingerprint-cache-size"), Category: catDetection,

@@ -59,7 +59,7 @@ func fingerprintCommand() *cli.Command {
 				Usage: "indent the JSON objects (the default is one object per line)"},
 			&cli.StringFlag{Name: "tenant-tag", Value: fingerprint.DefaultTenantKey, Destination: &tenantTag,
 				EnvVars: []string{"PGTRACE_TENANT_TAG"},
-				Usage:   "sqlcommenter tag read as the tenant, as serve reads it"},
+				Usage:   "sqlcommenter tag read as the tenant, as serve reads it; empty reads none"},
 			&cli.BoolFlag{Name: "keep-unknown-tags", Destination: &keepUnknown,
 				EnvVars: []string{"PGTRACE_KEEP_UNKNOWN_TAGS"},
 				Usage:   "also show sqlcommenter tags pgtrace does not turn into attributes"},
@@ -69,7 +69,7 @@ func fingerprintCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			a := fingerprint.New(fingerprint.Config{TenantKey: tenantTag, KeepUnknownTags: keepUnknown})
+			a := fingerprint.New(fingerprint.Config{TenantKey: tenantTag, NoTenant: tenantTag == "", KeepUnknownTags: keepUnknown})
 			enc := json.NewEncoder(c.App.Writer)
 			enc.SetEscapeHTML(false) // keep <, > and & readable in routes and SQL
 			if pretty {

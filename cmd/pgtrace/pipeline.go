@@ -38,6 +38,7 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 	analyzer := fingerprint.New(fingerprint.Config{
 		CacheSize: cfg.FingerprintCacheSize,
 		TenantKey: cfg.TenantTag,
+		NoTenant:  cfg.TenantTag == "", // --tenant-tag "" turns tenants off
 	})
 	exp, err := export.New(ctx, export.Config{
 		UpstreamAddr:  cfg.Upstream,
