@@ -73,6 +73,21 @@ func buildPartners(t *testing.T) string {
 	return bin
 }
 
+// stopProcess sends cmd SIGTERM and waits until exited closes (after
+// cmd.Wait); past 10 s it kills the process. It reports whether SIGTERM was
+// enough.
+func stopProcess(cmd *exec.Cmd, exited <-chan struct{}) bool {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		return true
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		return false
+	}
+}
+
 // lockedBuffer collects a subprocess's stderr for failure messages.
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -109,13 +124,8 @@ func startPartners(t *testing.T, bin string, env ...string) string {
 	}
 	exited := make(chan struct{})
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			t.Errorf("partners did not stop on SIGTERM; killing it")
-			_ = cmd.Process.Kill()
-			<-exited
+		if !stopProcess(cmd, exited) {
+			t.Errorf("partners did not stop on SIGTERM; killed it")
 		}
 	})
 

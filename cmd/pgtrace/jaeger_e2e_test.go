@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -147,13 +146,8 @@ func tryStartJaeger(t *testing.T, bin, config string) (*jaegerServer, error) {
 		_ = cmd.Wait()
 	}()
 	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			t.Logf("jaeger did not stop on SIGTERM; killing it")
-			_ = cmd.Process.Kill()
-			<-exited
+		if !stopProcess(cmd, exited) {
+			t.Logf("jaeger did not stop on SIGTERM; killed it")
 		}
 	}
 
