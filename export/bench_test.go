@@ -10,6 +10,7 @@ import (
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // BenchmarkStatement measures Exporter.Statement alone: a sampled span
@@ -76,7 +77,7 @@ func BenchmarkSDKSpanFloor(b *testing.B) {
 	b.ReportAllocs()
 	cpu := processCPU()
 	for b.Loop() {
-		_, span := e.tracer.Start(ctx, "SELECT users", optKindClient)
+		_, span := e.tracer.Start(ctx, "SELECT users", trace.WithSpanKind(trace.SpanKindClient))
 		span.SetAttributes(attrs...)
 		span.End()
 	}

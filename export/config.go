@@ -45,7 +45,8 @@ type Config struct {
 	// fed through the same bounded, dropping queue.
 	SpanExporter sdktrace.SpanExporter
 	// SpanProcessor, if set, is added as is, synchronously (tests:
-	// tracetest.SpanRecorder).
+	// tracetest.SpanRecorder). Statement spans reach it through OnEnd
+	// only: they are built after the statement ended (spanSink).
 	SpanProcessor sdktrace.SpanProcessor
 	// MetricReader, if set, is added to the meter provider (tests:
 	// sdkmetric.NewManualReader). OTLP metrics still follow the environment.

@@ -22,6 +22,11 @@
 //     txState.
 //   - A CLIENT "connect" span per upstream connect and authentication.
 //
+// Statement spans are built whole, after the statement ended, and handed
+// to the span processors without going through the SDK's Tracer (spanSink);
+// they get the tracer provider's sampler, resource, span limits and
+// processors all the same. Transaction and connect spans use the Tracer.
+//
 // Sampling is parent-based (the traceparent's flag decides; roots follow
 // OTEL_TRACES_SAMPLER/_ARG, or OTEL_TRACES_SAMPLING_RATIO as an alias), and
 // with Config.KeepSlowSpans failed, slow and N+1-crossing statements are

@@ -41,6 +41,7 @@ type Exporter struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 	tp     *sdktrace.TracerProvider // nil when no span goes anywhere
+	spans  *spanSink                // builds statement spans; nil when tp is
 	mp     *sdkmetric.MeterProvider
 	drops  *batcher // nil unless spans are exported
 	reg    *prometheus.Registry
@@ -58,10 +59,8 @@ type Exporter struct {
 	conns   map[uint64]*connState
 	sweepAt int // len(conns) at which the next ConnOpened sweeps
 	sets    map[setKey]*metricSets
-	// attrBuf and startOpts are reused by spanLocked; the SDK copies what
-	// it keeps.
-	attrBuf   []attribute.KeyValue
-	startOpts []trace.SpanStartOption
+	// attrBuf is reused by spanLocked, which copies what a span keeps.
+	attrBuf []attribute.KeyValue
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
@@ -158,15 +157,19 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		e.log.Warn("invalid trace sampler configuration; using parentbased_always_on", "err", err)
 		base = sdktrace.ParentBased(sdktrace.AlwaysSample())
 	}
+	sampler := keepSampler{base: base}
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(keepSampler{base: base}),
+		sdktrace.WithSampler(sampler),
 	}
 	for _, p := range procs {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
+	// Transaction and connect spans go through the provider; statement
+	// spans are built whole and handed to the same processors (spanSink).
 	e.tp = sdktrace.NewTracerProvider(opts...)
 	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
+	e.spans = newSpanSink(sampler, procs, res, cfg.Version)
 	return nil
 }
 
@@ -223,6 +226,9 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 	for id, cs := range e.conns {
 		e.endTxLocked(cs, time.Now(), "closed")
 		delete(e.conns, id)
+	}
+	if e.spans != nil {
+		e.spans.procs = nil // the processors shut down with the provider
 	}
 	e.mu.Unlock()
 	return errors.Join(e.shutdownTracing(ctx), e.mp.Shutdown(ctx))

@@ -2,6 +2,7 @@ package export
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -77,9 +80,8 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	st, q := s.Stmt, s.Query
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.tp == nil {
-		// No span goes anywhere: metrics only. (A no-op tracer would hand
-		// back the parent's span context, which is not this statement's.)
+	if e.spans == nil || e.spans.procs == nil {
+		// No span goes anywhere, or tracing is shut down: metrics only.
 		e.recordLocked(context.Background(), s, v)
 		return trace.SpanContext{}
 	}
@@ -91,7 +93,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	}
 	tx := cs.tx
 
-	ctx := context.Background()
+	var parent trace.SpanContext
 	if tx != nil {
 		tx.statements++
 		switch {
@@ -103,18 +105,18 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 		if tx.span == nil {
 			if !s.Parent.IsValid() && !ends && len(tx.pending) < maxPending {
 				tx.pending = append(tx.pending, pendingStmt{s, v, cs.base})
-				e.recordLocked(ctx, s, v)
+				e.recordLocked(context.Background(), s, v)
 				return trace.SpanContext{}
 			}
 			e.openTxLocked(tx, s.Parent)
 		}
-		ctx = tx.ctx
+		parent = tx.span.SpanContext()
 	} else if s.Parent.IsValid() {
-		ctx = trace.ContextWithRemoteSpanContext(ctx, remoteSpanContext(s.Parent))
+		parent = remoteSpanContext(s.Parent)
 	}
 
-	ctx, sc := e.spanLocked(ctx, cs.base, tx, s, v)
-	e.recordLocked(ctx, s, v)
+	sc := e.spanLocked(parent, cs.base, tx, s, v)
+	e.recordLocked(e.spans.with(sc), s, v) // sampled spans become exemplars
 	if ends {
 		outcome := "commit"
 		if q.Operation == "ROLLBACK" {
@@ -208,7 +210,7 @@ func (e *Exporter) openTxLocked(tx *txState, parent fingerprint.TraceContext) {
 		trace.WithTimestamp(tx.start),
 		trace.WithAttributes(attrs...))
 	for _, p := range tx.pending {
-		e.spanLocked(tx.ctx, p.base, tx, p.s, p.v)
+		e.spanLocked(tx.span.SpanContext(), p.base, tx, p.s, p.v)
 	}
 	tx.pending = nil
 }
@@ -235,13 +237,15 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 		attrSystem, keyDBNamespace.String(tx.conn.Database), keyTxOutcome.String(outcome)))
 }
 
-// spanLocked creates and ends the span of s under ctx and returns the
-// context carrying it. tx is the open transaction s belongs to, or nil.
+// spanLocked builds the span of s under parent (a root when parent is
+// invalid) and, unless the sampler drops it, hands it to the span
+// processors (spanSink). It returns the span's context. tx is the open
+// transaction s belongs to, or nil.
 //
-// The span starts with only what the sampler reads (the keep reason); the
-// other attributes are built and set only when the span records, so an
-// unsampled statement costs little.
-func (e *Exporter) spanLocked(ctx context.Context, base []attribute.KeyValue, tx *txState, s *detector.Statement, v detector.Verdict) (context.Context, trace.SpanContext) {
+// The sampler sees only the keep reason as attributes; the others are
+// built only for a span that records, so an unsampled statement costs
+// little.
+func (e *Exporter) spanLocked(parent trace.SpanContext, base []attribute.KeyValue, tx *txState, s *detector.Statement, v detector.Verdict) trace.SpanContext {
 	st, q := s.Stmt, s.Query
 	failed := st.Failed()
 	name := systemPostgreSQL
@@ -249,49 +253,67 @@ func (e *Exporter) spanLocked(ctx context.Context, base []attribute.KeyValue, tx
 		name = q.Summary
 	}
 
-	opts := append(e.startOpts[:0], optKindClient, trace.WithTimestamp(st.Start))
+	var keep []attribute.KeyValue
 	if e.cfg.KeepSlowSpans {
 		switch {
 		case failed:
-			opts = append(opts, optKeepError)
+			keep = attrsKeepError
 		case v.Slow:
-			opts = append(opts, optKeepSlow)
+			keep = attrsKeepSlow
 		case v.NPlusOneDetected:
-			opts = append(opts, optKeepNPlusOne)
+			keep = attrsKeepNPlusOne
 		}
 	}
+	var links []trace.Link
 	if tx != nil && s.Parent.IsValid() {
 		if sc := remoteSpanContext(s.Parent); !sc.Equal(tx.parent) {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+			links = []trace.Link{{SpanContext: sc}}
 		}
 	}
-	e.startOpts = opts
-	ctx, span := e.tracer.Start(ctx, name, opts...)
-	if span.IsRecording() {
-		e.attrBuf = e.statementAttrs(e.attrBuf[:0], base, s, v)
-		span.SetAttributes(e.attrBuf...) // copied by the SDK
-		if failed {
-			span.SetStatus(codes.Error, st.ErrorMessage)
-		}
-		if v.Slow {
-			span.AddEvent("pgtrace.slow_query", trace.WithTimestamp(st.End), trace.WithAttributes(
-				keyDurationMs.Float64(float64(st.Duration())/float64(time.Millisecond)),
-				keySlowThresholdMs.Float64(float64(e.cfg.SlowThreshold)/float64(time.Millisecond))))
-		}
-		if v.NPlusOneDetected {
-			span.AddEvent("pgtrace.n_plus_one", trace.WithTimestamp(st.End), trace.WithAttributes(
-				keyNPlusOneCount.Int(v.NPlusOneCount)))
-		}
+	sc, res := e.spans.sample(parent, name, trace.SpanKindClient, keep, links)
+	if res.Decision == sdktrace.Drop {
+		return sc
 	}
-	span.End(trace.WithTimestamp(st.End))
-	return ctx, span.SpanContext()
+
+	// The SDK's order: the sampler's attributes, the start attributes, the
+	// rest.
+	a := append(e.attrBuf[:0], res.Attributes...)
+	a = append(a, keep...)
+	a = e.statementAttrs(a, base, s, v)
+	e.attrBuf = a
+	span := tracetest.SpanStub{
+		Name:        name,
+		SpanContext: sc,
+		Parent:      parent,
+		SpanKind:    trace.SpanKindClient,
+		StartTime:   st.Start,
+		EndTime:     st.End,
+		Attributes:  slices.Clone(a), // kept by the span; attrBuf is reused
+	}
+	if failed {
+		span.Status = sdktrace.Status{Code: codes.Error, Description: st.ErrorMessage}
+	}
+	if v.Slow {
+		span.Events = append(span.Events, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
+			keyDurationMs.Float64(float64(st.Duration()) / float64(time.Millisecond)),
+			keySlowThresholdMs.Float64(float64(e.cfg.SlowThreshold) / float64(time.Millisecond))}})
+	}
+	if v.NPlusOneDetected {
+		span.Events = append(span.Events, sdktrace.Event{Name: "pgtrace.n_plus_one", Time: st.End, Attributes: []attribute.KeyValue{
+			keyNPlusOneCount.Int(v.NPlusOneCount)}})
+	}
+	for _, l := range links {
+		span.Links = append(span.Links, sdktrace.Link{SpanContext: l.SpanContext})
+	}
+	e.spans.end(span)
+	return sc
 }
 
+// The start attributes the keep sampler reads; shared, never modified.
 var (
-	optKindClient   = trace.WithSpanKind(trace.SpanKindClient)
-	optKeepError    = trace.WithAttributes(keyKeep.String("error"))
-	optKeepSlow     = trace.WithAttributes(keyKeep.String("slow"))
-	optKeepNPlusOne = trace.WithAttributes(keyKeep.String("n_plus_one"))
+	attrsKeepError    = []attribute.KeyValue{keyKeep.String("error")}
+	attrsKeepSlow     = []attribute.KeyValue{keyKeep.String("slow")}
+	attrsKeepNPlusOne = []attribute.KeyValue{keyKeep.String("n_plus_one")}
 )
 
 // statementAttrs appends the attributes of the statement's span to a.

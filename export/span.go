@@ -1,0 +1,196 @@
+package export
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"strings"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// spanSink builds finished spans whole and hands them to the span
+// processors, without the SDK's Tracer. Statement spans take this path: a
+// statement has ended by the time the proxy sees it, so its span needs none
+// of what Tracer.Start and Span.End maintain for a span in progress (a
+// lock, option closures, an attribute list that is copied, deduplicated and
+// copied again at End), which cost about twice the rest of a statement's
+// observation (issue 4).
+//
+// What the span gets is what a recording SDK span of the same tracer
+// provider would: the provider's sampler (called here, with the trace id,
+// name, kind, start attributes and links), resource, span limits (read from
+// OTEL_SPAN_* as the provider reads them), pgtrace's instrumentation scope,
+// and the processors' OnEnd. Processors see no OnStart for these spans, and
+// a local parent's ChildSpanCount does not count them.
+//
+// A spanSink is used under Exporter.mu; its scratch state is not safe for
+// concurrent use.
+type spanSink struct {
+	sampler sdktrace.Sampler
+	procs   []sdktrace.SpanProcessor // nil once shut down
+	res     *resource.Resource
+	scope   instrumentation.Scope
+	limits  sdktrace.SpanLimits
+
+	// cur is the span carried by ctx, a context made once. Calls that read
+	// a span context from a context (the sampler for the parent, the
+	// metric instruments for exemplars) get ctx after cur.sc is set: two
+	// contexts fewer to allocate per statement. Both read the span context
+	// during the call and keep nothing of ctx; exemplar reservoirs copy it
+	// (sdk/metric/exemplar: measurement.store).
+	cur *carriedSpan
+	ctx context.Context
+}
+
+func newSpanSink(sampler sdktrace.Sampler, procs []sdktrace.SpanProcessor, res *resource.Resource, version string) *spanSink {
+	cur := &carriedSpan{}
+	return &spanSink{
+		sampler: sampler,
+		procs:   procs,
+		res:     res,
+		scope:   instrumentation.Scope{Name: ScopeName, Version: version},
+		limits:  sdktrace.NewSpanLimits(),
+		cur:     cur,
+		ctx:     trace.ContextWithSpan(context.Background(), cur),
+	}
+}
+
+// carriedSpan is a non-recording span whose context spanSink.ctx carries.
+type carriedSpan struct {
+	noop.Span
+	sc trace.SpanContext
+}
+
+func (s *carriedSpan) SpanContext() trace.SpanContext { return s.sc }
+
+// with returns the sink's context carrying sc. It is valid until the next
+// call.
+func (k *spanSink) with(sc trace.SpanContext) context.Context {
+	k.cur.sc = sc
+	return k.ctx
+}
+
+// newTraceID is a random trace id for a root span, never zero. The ids come
+// from math/rand/v2's runtime generator (ChaCha8, randomly seeded, safe for
+// concurrent use), as random as the SDK's own and cheaper.
+func newTraceID() (id trace.TraceID) {
+	for !id.IsValid() {
+		binary.NativeEndian.PutUint64(id[:8], rand.Uint64())
+		binary.NativeEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+// newSpanID is a random span id, never zero.
+func newSpanID() (id trace.SpanID) {
+	for !id.IsValid() {
+		binary.NativeEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
+}
+
+// sample runs the sampler for a span with the given parent (invalid for a
+// root) and returns the new span's context, and whether it records. The
+// trace id is the parent's or a new random one; the flags are the parent's
+// with the sampled bit from the decision; the trace state is the one the
+// sampler returns, as in the SDK's Tracer.
+func (k *spanSink) sample(parent trace.SpanContext, name string, kind trace.SpanKind,
+	attrs []attribute.KeyValue, links []trace.Link,
+) (trace.SpanContext, sdktrace.SamplingResult) {
+	tid := parent.TraceID()
+	if !tid.IsValid() {
+		tid = newTraceID()
+	}
+	res := k.sampler.ShouldSample(sdktrace.SamplingParameters{
+		ParentContext: k.with(parent),
+		TraceID:       tid,
+		Name:          name,
+		Kind:          kind,
+		Attributes:    attrs,
+		Links:         links,
+	})
+	flags := parent.TraceFlags() &^ trace.FlagsSampled
+	if res.Decision == sdktrace.RecordAndSample {
+		flags |= trace.FlagsSampled
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    tid,
+		SpanID:     newSpanID(),
+		TraceFlags: flags,
+		TraceState: res.Tracestate,
+	}), res
+}
+
+// end applies the span limits to s, completes it with the resource and
+// scope, and hands it to every processor's OnEnd. s's Attributes must be a
+// slice the span may keep; its Events' and Links' too.
+func (k *spanSink) end(s tracetest.SpanStub) {
+	s.Attributes, s.DroppedAttributes = k.limitAttrs(s.Attributes)
+	if n := k.limits.EventCountLimit; n >= 0 && len(s.Events) > n {
+		s.DroppedEvents = len(s.Events) - n
+		s.Events = s.Events[s.DroppedEvents:] // the SDK evicts the oldest
+	}
+	for i := range s.Events {
+		ev := &s.Events[i]
+		if n := k.limits.AttributePerEventCountLimit; n >= 0 && len(ev.Attributes) > n {
+			ev.DroppedAttributeCount = len(ev.Attributes) - n
+			ev.Attributes = ev.Attributes[:n]
+		}
+	}
+	if n := k.limits.LinkCountLimit; n >= 0 && len(s.Links) > n {
+		s.DroppedLinks = len(s.Links) - n
+		s.Links = s.Links[s.DroppedLinks:]
+	}
+	s.Resource, s.InstrumentationScope = k.res, k.scope
+	ro := s.Snapshot()
+	for _, p := range k.procs {
+		p.OnEnd(ro)
+	}
+}
+
+// limitAttrs applies the attribute count and value length limits to a, in
+// place, as the SDK does for attributes set on a recording span: the last
+// ones past the count are dropped and counted; string values are cut to the
+// length in characters, invalid UTF-8 removed. a's keys must be unique (the
+// SDK deduplicates; statement attributes need not be).
+func (k *spanSink) limitAttrs(a []attribute.KeyValue) ([]attribute.KeyValue, int) {
+	dropped := 0
+	if n := k.limits.AttributeCountLimit; n >= 0 && len(a) > n {
+		dropped = len(a) - n
+		a = a[:n]
+	}
+	if n := k.limits.AttributeValueLengthLimit; n >= 0 {
+		for i := range a {
+			if a[i].Value.Type() != attribute.STRING {
+				continue
+			}
+			if s := a[i].Value.AsString(); len(s) > n {
+				a[i].Value = attribute.StringValue(truncate(s, n))
+			}
+		}
+	}
+	return a, dropped
+}
+
+// truncate cuts s to at most n characters.
+func truncate(s string, n int) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "")
+	}
+	count := 0
+	for i := range s {
+		if count == n {
+			return s[:i]
+		}
+		count++
+	}
+	return s
+}
