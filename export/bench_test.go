@@ -2,20 +2,35 @@ package export
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/fingerprint"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
 )
 
-// BenchmarkStatement measures Exporter.Statement alone: a sampled span
-// through the bounded queue and batch processor to a no-op exporter, plus
-// the metric records.
+// BenchmarkStatement measures Exporter.StatementSpan, what the pipeline
+// calls per statement, alone: the span built and handed to the bounded
+// queue of pgtrace's batch processor (spanSink, batcher), whose goroutine
+// passes full batches to a no-op exporter, plus the metric records
+// (duration and returned rows, with an exemplar when sampled). cpu-ns/op
+// is process CPU, so it includes the batcher's goroutine and the garbage
+// collector; exporting a span to a collector is not included (see
+// BenchmarkExportSpans).
 func BenchmarkStatement(b *testing.B) {
 	for _, bc := range []struct {
 		name   string
@@ -38,7 +53,7 @@ func BenchmarkStatement(b *testing.B) {
 			b.ReportAllocs()
 			cpu := processCPU()
 			for b.Loop() {
-				e.Statement(s, detector.Verdict{})
+				e.StatementSpan(s, detector.Verdict{})
 			}
 			reportCPU(b, cpu)
 		})
@@ -60,8 +75,10 @@ func reportCPU(b *testing.B, start time.Duration) {
 }
 
 // BenchmarkSDKSpanFloor is the OpenTelemetry SDK's own cost for one sampled
-// span with as many attributes as a statement span, through the same
-// processors: the floor under BenchmarkStatement/sampled_child.
+// span with as many attributes as a statement span, through its Tracer
+// (Start, SetAttributes, End) and the same processors: the SDK's share of a
+// statement span's cost before statement spans were built without the
+// Tracer (spanSink). Transaction and connect spans still take this path.
 func BenchmarkSDKSpanFloor(b *testing.B) {
 	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	b.Setenv("OTEL_TRACES_SAMPLER", "always_on")
@@ -82,4 +99,97 @@ func BenchmarkSDKSpanFloor(b *testing.B) {
 		span.End()
 	}
 	reportCPU(b, cpu)
+}
+
+// BenchmarkExportSpans is what the batcher's goroutine spends per statement
+// span after BenchmarkStatement has counted the span: the OTLP exporter's
+// transform of a full batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) to
+// protobuf, its encoding, and the request to a local receiver, without
+// compression. cpu-ns/span is process CPU per span. For "grpc"
+// (otlptracegrpc, the default protocol) it includes an in-process gRPC
+// receiver decoding the request; for "http" (otlptracehttp) the receiver
+// reads and drops the body undecoded, so nearly all of it is the
+// exporter's.
+func BenchmarkExportSpans(b *testing.B) {
+	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+	b.Setenv("OTEL_TRACES_SAMPLER", "")
+	b.Setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "")
+	b.Setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "")
+	batch := statementSpans(b, sdktrace.DefaultMaxExportBatchSize)
+	ctx := context.Background()
+	for _, bc := range []struct {
+		name string
+		exp  func(b *testing.B) sdktrace.SpanExporter
+	}{
+		{"grpc", func(b *testing.B) sdktrace.SpanExporter {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			srv := grpc.NewServer()
+			coltracepb.RegisterTraceServiceServer(srv, discardTraces{})
+			go func() { _ = srv.Serve(lis) }()
+			b.Cleanup(srv.Stop)
+			exp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(lis.Addr().String()), otlptracegrpc.WithInsecure())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return exp
+		}},
+		{"http", func(b *testing.B) sdktrace.SpanExporter {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.Header().Set("Content-Type", "application/x-protobuf")
+			}))
+			b.Cleanup(hs.Close)
+			exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(hs.Listener.Addr().String()), otlptracehttp.WithInsecure())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return exp
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			exp := bc.exp(b)
+			defer exp.Shutdown(ctx)
+			if err := exp.ExportSpans(ctx, batch); err != nil { // connect
+				b.Fatal(err)
+			}
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
+			cpu := processCPU()
+			for b.Loop() {
+				if err := exp.ExportSpans(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			spans := float64(b.N * len(batch))
+			b.ReportMetric(float64(processCPU()-cpu)/spans, "cpu-ns/span")
+			runtime.ReadMemStats(&ms1)
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/spans, "allocs/span")
+			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/spans, "B/span")
+		})
+	}
+}
+
+type discardTraces struct {
+	coltracepb.UnimplementedTraceServiceServer
+}
+
+func (discardTraces) Export(context.Context, *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// statementSpans is n sampled statement spans as the exporter builds them.
+func statementSpans(b *testing.B, n int) []sdktrace.ReadOnlySpan {
+	rec := tracetest.NewSpanRecorder()
+	e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), UpstreamAddr: "db:5432", SpanProcessor: rec})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Shutdown(context.Background())
+	for i := range n {
+		e.StatementSpan(stmt(qSelect, t0.Add(time.Duration(i)*time.Millisecond), time.Millisecond, parentTC), detector.Verdict{})
+	}
+	return rec.Ended()
 }
