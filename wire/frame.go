@@ -92,6 +92,7 @@ type framer struct {
 	// midMessage is true while part of a message has been written to dst and
 	// the rest has not: nothing else may be written to dst then.
 	midMessage bool
+	skip       int   // bytes of a streamed message still to pass through
 	in         int64 // bytes read from src
 
 	readErr relayError // run's final read error, kept here so returning it does not allocate
@@ -114,43 +115,12 @@ func (f *framer) run(obs frameObserver) error {
 	fl, _ := obs.(flushObserver)
 	var readErr error
 	for {
-		for f.w-f.r >= 5 {
-			typ := f.buf[f.r]
-			n := int64(int32(binary.BigEndian.Uint32(f.buf[f.r+1:])))
-			if n < 4 || n > MaxMessageLen {
-				// Forward the good messages before it, then stop.
-				f.flush()
-				if n < 4 {
-					return &ProtocolError{Type: typ, Len: n, Err: errShortLength}
-				}
-				return &ProtocolError{Type: typ, Len: n, Err: fmt.Errorf("longer than the %d byte limit", MaxMessageLen)}
+		if err := f.frame(obs); err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				f.flush() // forward the good messages before it
 			}
-			total := int(n) + 1
-			if f.w-f.r >= total {
-				if err := obs.message(typ, f.buf[f.r+5:f.r+total], total-5, true); err != nil {
-					return err
-				}
-				f.r += total
-				continue
-			}
-			if total > len(f.buf) && f.r == 0 && f.w == len(f.buf) {
-				// The buffer is full of this message's prefix.
-				if f.whole[typ] {
-					// Grow by doubling as the bytes arrive, so a declared
-					// length alone does not make the relay allocate.
-					f.grow(min(total, 2*len(f.buf)))
-					continue
-				}
-				// Show the prefix and stream the rest.
-				if err := obs.message(typ, f.buf[5:f.w], total-5, false); err != nil {
-					return err
-				}
-				if err := f.stream(total - f.w); err != nil {
-					return err
-				}
-				continue
-			}
-			break
+			return err
 		}
 		if err := f.flush(); err != nil {
 			return err
@@ -159,6 +129,9 @@ func (f *framer) run(obs frameObserver) error {
 			fl.flushed()
 		}
 		if readErr != nil {
+			if readErr == io.EOF && f.skip > 0 {
+				readErr = io.ErrUnexpectedEOF
+			}
 			f.readErr = relayError{read: true, err: readErr}
 			return &f.readErr
 		}
@@ -167,6 +140,58 @@ func (f *framer) run(obs frameObserver) error {
 		f.w += n
 		f.in += int64(n)
 		readErr = err
+	}
+}
+
+// frame frames the messages in buf[r:w], showing each to obs, until it
+// needs bytes it has not read. The bytes of a message too large for the
+// buffer that the observer need not see whole pass through unframed (skip
+// counts those still to come). framed bytes end at r, ready for flush.
+func (f *framer) frame(obs frameObserver) error {
+	for {
+		if f.skip > 0 {
+			n := min(f.skip, f.w-f.r)
+			f.r += n
+			f.skip -= n
+			if f.skip > 0 {
+				return nil
+			}
+			f.midMessage = false
+		}
+		if f.w-f.r < 5 {
+			return nil
+		}
+		typ := f.buf[f.r]
+		n := int64(int32(binary.BigEndian.Uint32(f.buf[f.r+1:])))
+		if n < 4 {
+			return &ProtocolError{Type: typ, Len: n, Err: errShortLength}
+		}
+		if n > MaxMessageLen {
+			return &ProtocolError{Type: typ, Len: n, Err: fmt.Errorf("longer than the %d byte limit", MaxMessageLen)}
+		}
+		total := int(n) + 1
+		if f.w-f.r >= total {
+			if err := obs.message(typ, f.buf[f.r+5:f.r+total], total-5, true); err != nil {
+				return err
+			}
+			f.r += total
+			continue
+		}
+		if total <= len(f.buf) || f.r != 0 || f.w != len(f.buf) {
+			return nil // the rest is still to be read
+		}
+		// The buffer is full of this message's prefix.
+		if f.whole[typ] {
+			// Grow by doubling as the bytes arrive, so a declared length
+			// alone does not make the relay allocate.
+			f.grow(min(total, 2*len(f.buf)))
+			return nil
+		}
+		// Show the prefix and stream the rest.
+		if err := obs.message(typ, f.buf[5:f.w], total-5, false); err != nil {
+			return err
+		}
+		f.r, f.skip, f.midMessage = f.w, total-f.w, true
 	}
 }
 
@@ -202,40 +227,6 @@ func (f *framer) grow(size int) {
 	nb := make([]byte, size)
 	n := copy(nb, f.buf[f.r:f.w])
 	f.buf, f.r, f.w, f.fw = nb, 0, n, 0
-}
-
-// stream writes the whole buffer (framed messages and the prefix of a large
-// one) and then copies the remaining rest bytes of that message from src to
-// dst through the buffer.
-func (f *framer) stream(rest int) error {
-	f.r = f.w
-	if err := f.flush(); err != nil {
-		return err
-	}
-	f.midMessage = true
-	for rest > 0 {
-		b := f.buf
-		if rest < len(b) {
-			b = b[:rest]
-		}
-		n, err := f.src.Read(b)
-		f.in += int64(n)
-		if n > 0 {
-			rest -= n
-			if _, werr := f.dst.Write(b[:n]); werr != nil {
-				return &relayError{err: werr}
-			}
-		}
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return &relayError{read: true, err: err}
-		}
-	}
-	f.midMessage = false
-	f.r, f.w, f.fw = 0, 0, 0
-	return nil
 }
 
 // copyRaw relays bytes without framing (replication sessions).

@@ -42,13 +42,12 @@ type session struct {
 	replication bool   // a replication session: relayed, not observed
 	key         []byte // BackendKeyData body (pid + secret key), for CancelRequest
 	aborted     bool
+	rel         *loopRelay // set while an event loop relays the session
 
 	statements  atomic.Int64
 	copyIn      atomic.Int64 // CopyData/CopyDone/CopyFail bytes not yet attributed
 	terminating atomic.Bool  // the client sent Terminate
 	dialStart   time.Time
-
-	closeOnce sync.Once
 }
 
 func newSession(srv *Server, c net.Conn) *session {
@@ -197,14 +196,21 @@ func (s *session) negotiate() (*startupPacket, error) {
 	}
 }
 
-// relay runs the two copiers and ends the session when the first ends.
+// relay relays both directions, on an event loop or with two copier
+// goroutines, and ends the session when the first direction ends.
 func (s *session) relay() {
 	fe := newFrontendCopier(s)
 	be := newBackendCopier(s)
-	errc := make(chan *endReason, 2) // both copiers send; the first one wins
-	go fe.copyToBackend(errc)
-	go be.copyFromBackend(errc)
+	errc := make(chan *endReason, 2) // both directions send; the first one wins
+	looped := s.startLoopRelay(fe, be, errc)
+	if !looped {
+		go fe.copyToBackend(errc)
+		go be.copyFromBackend(errc)
+	}
 	first := <-errc
+	if looped {
+		s.takeBack(s.rel)
+	}
 	s.mu.Lock()
 	if s.aborted {
 		first = &endReason{side: SideProxy, err: ErrServerClosed}
@@ -307,22 +313,24 @@ func (s *session) cancelUpstream() {
 func (s *session) abort() {
 	s.mu.Lock()
 	s.aborted = true
+	rel := s.rel
 	s.mu.Unlock()
 	s.cancel()
+	if rel != nil {
+		rel.stop()
+	}
 	s.closeAll()
 }
 
-// closeAll closes both connections, once.
+// closeAll closes both connections; closing again does nothing.
 func (s *session) closeAll() {
-	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		c, u := s.client, s.upstream
-		s.mu.Unlock()
-		c.Close()
-		if u != nil {
-			u.Close()
-		}
-	})
+	s.mu.Lock()
+	c, u := s.client, s.upstream
+	s.mu.Unlock()
+	c.Close()
+	if u != nil {
+		u.Close()
+	}
 }
 
 // writeClient writes a message of the relay's own to the client. Only for

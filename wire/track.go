@@ -122,6 +122,17 @@ func (fc *frontendCopier) copyToBackend(errc chan<- *endReason) {
 	} else {
 		err = fc.f.run(fc)
 	}
+	if errors.Is(err, io.EOF) {
+		// The client closed its side: pass the half-close on.
+		if cw, ok := fc.s.upstream.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}
+	errc <- fc.end(err)
+}
+
+// end says how the client → upstream direction ended with err.
+func (fc *frontendCopier) end(err error) *endReason {
 	r := &endReason{side: SideClient, err: err}
 	var re *relayError
 	var pe *ProtocolError
@@ -131,17 +142,13 @@ func (fc *frontendCopier) copyToBackend(errc chan<- *endReason) {
 	case errors.As(err, &re) && !re.read:
 		r.side = SideUpstream
 	case errors.Is(err, io.EOF):
-		// The client closed its side: pass the half-close on.
-		if cw, ok := fc.s.upstream.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
 		if fc.s.terminating.Load() {
 			r.err = nil
 		} else {
 			r.err = errors.New("client closed the connection without Terminate")
 		}
 	}
-	errc <- r
+	return r
 }
 
 func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool) error {
@@ -352,6 +359,11 @@ func (bc *backendCopier) copyFromBackend(errc chan<- *endReason) {
 	} else {
 		err = bc.f.run(bc)
 	}
+	errc <- bc.end(err)
+}
+
+// end says how the upstream → client direction ended with err.
+func (bc *backendCopier) end(err error) *endReason {
 	r := &endReason{side: SideUpstream, err: err}
 	var re *relayError
 	var pe *ProtocolError
@@ -368,7 +380,7 @@ func (bc *backendCopier) copyFromBackend(errc chan<- *endReason) {
 	default:
 		r.lost = true // the upstream died without a word
 	}
-	errc <- r
+	return r
 }
 
 func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool) error {

@@ -1,0 +1,407 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loop relays the steady state of plain TCP sessions, the way
+// PgBouncer does: a few goroutines each wait on an epoll set for all their
+// sessions' sockets and, when one is readable, read it once, frame what
+// arrived and write it on, with no goroutine hand-off in between. The
+// per-session copier goroutines cost a netpoll wake-up, a scheduler hand-off
+// and an extra read that finds nothing for every message batch; on a
+// virtual machine, where each of those is a costly trap, that doubled the
+// relay's CPU per round trip (bench/RESULTS.md).
+//
+// A session joins a loop after its startup packet went upstream and leaves
+// it at its first end (EOF, error, protocol error), when the loop hands the
+// sockets back to the session goroutine as net.Conns for the error replies
+// and the closing, exactly as after the copier goroutines. Sessions with TLS
+// on either side and replication sessions keep the copier goroutines.
+
+// eventLoop is one epoll set and the goroutine that serves it.
+type eventLoop struct {
+	ep    int
+	mu    sync.Mutex // guards sides
+	sides map[int32]*loopSide
+}
+
+// loopSide is one socket of a session in a loop and the direction that
+// reads it.
+type loopSide struct {
+	fd    int
+	other *loopSide // the session's other socket: where this side's messages go
+	rel   *loopRelay
+	f     *framer // buffer and framing state; its src and dst are unused
+	obs   frameObserver
+	fl    flushObserver // obs, when it wants flushed calls
+	end   func(error) *endReason
+	// waiting is true while framed bytes wait for the other socket to take
+	// them: this socket is not read until they have gone.
+	waiting bool
+}
+
+// loopRelay is one session in a loop.
+type loopRelay struct {
+	l                *eventLoop
+	client, upstream loopSide
+	errc             chan<- *endReason
+	done             bool // the loop has ended the relay (loop goroutine only)
+
+	mu       sync.Mutex
+	released bool // the loop no longer uses the sockets: the session owns them
+}
+
+var (
+	loopsOnce sync.Once
+	loops     []*eventLoop
+	loopsErr  error
+	loopNext  atomic.Uint32
+)
+
+// nextLoop returns a loop for a new session, starting the loops on first
+// use: one per two Ps, at least one.
+func nextLoop() (*eventLoop, error) {
+	loopsOnce.Do(func() {
+		n := max(1, runtime.GOMAXPROCS(0)/2)
+		for range n {
+			ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+			if err != nil {
+				loopsErr = fmt.Errorf("epoll_create1: %w", err)
+				return
+			}
+			l := &eventLoop{ep: ep, sides: make(map[int32]*loopSide)}
+			loops = append(loops, l)
+			go l.run()
+		}
+	})
+	if loopsErr != nil && len(loops) == 0 {
+		return nil, loopsErr
+	}
+	return loops[int(loopNext.Add(1))%len(loops)], nil
+}
+
+// startLoopRelay moves the session's relay onto an event loop when both of
+// its connections are plain TCP. It reports false when the session must use
+// the copier goroutines; then the session's connections are untouched. The
+// loop sends two end reasons on errc, the first one the real one, after it
+// has let go of the sockets; takeBack must run before the session touches
+// its connections again.
+func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc chan<- *endReason) bool {
+	if s.replication {
+		return false
+	}
+	s.mu.Lock()
+	c, cok := s.client.(*net.TCPConn)
+	u, uok := s.upstream.(*net.TCPConn)
+	s.mu.Unlock()
+	if !cok || !uok {
+		return false
+	}
+	l, err := nextLoop()
+	if err != nil {
+		s.log.Debug("event loop unavailable; relaying with goroutines", "err", err)
+		return false
+	}
+	cfd, err := dupFD(c)
+	if err != nil {
+		s.log.Debug("event loop: take client socket", "err", err)
+		return false
+	}
+	ufd, err := dupFD(u)
+	if err != nil {
+		unix.Close(cfd)
+		s.log.Debug("event loop: take upstream socket", "err", err)
+		return false
+	}
+	rel := &loopRelay{l: l, errc: errc}
+	rel.client = loopSide{fd: cfd, other: &rel.upstream, rel: rel, f: fe.f, obs: fe, end: fe.end}
+	rel.upstream = loopSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end}
+	if err := l.add(rel); err != nil {
+		unix.Close(cfd)
+		unix.Close(ufd)
+		s.log.Debug("event loop: register sockets", "err", err)
+		return false
+	}
+	// From here the loop owns the duplicates; the originals leave Go's
+	// poller so that it is not woken for the loop's sockets.
+	s.mu.Lock()
+	s.rel = rel
+	s.mu.Unlock()
+	c.Close()
+	u.Close()
+	return true
+}
+
+// takeBack gives the session its connections back once the loop has ended
+// the relay (after the first receive from errc).
+func (s *session) takeBack(rel *loopRelay) {
+	c := fdConn(rel.client.fd)
+	u := fdConn(rel.upstream.fd)
+	s.mu.Lock()
+	s.client, s.upstream = c, u
+	aborted := s.aborted
+	s.mu.Unlock()
+	if aborted {
+		// abort closed the old connections before these existed.
+		c.Close()
+		u.Close()
+	}
+}
+
+// stop makes the loop end the relay soon (forced shutdown): shutting the
+// sockets down makes them readable with EOF.
+func (rel *loopRelay) stop() {
+	rel.mu.Lock()
+	defer rel.mu.Unlock()
+	if !rel.released {
+		unix.Shutdown(rel.client.fd, unix.SHUT_RDWR)
+		unix.Shutdown(rel.upstream.fd, unix.SHUT_RDWR)
+	}
+}
+
+// dupFD returns a close-on-exec duplicate of c's socket.
+func dupFD(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// fdConn wraps a socket the loop let go of in a net.Conn again and closes
+// fd; when that fails the conn is one whose every call fails.
+func fdConn(fd int) net.Conn {
+	f := os.NewFile(uintptr(fd), "socket")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		a, b := net.Pipe()
+		b.Close()
+		return a
+	}
+	return c
+}
+
+func (l *eventLoop) add(rel *loopRelay) error {
+	l.mu.Lock()
+	l.sides[int32(rel.client.fd)] = &rel.client
+	l.sides[int32(rel.upstream.fd)] = &rel.upstream
+	l.mu.Unlock()
+	for _, sd := range []*loopSide{&rel.client, &rel.upstream} {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(sd.fd)}
+		if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, sd.fd, &ev); err != nil {
+			l.remove(rel)
+			return fmt.Errorf("epoll_ctl: %w", err)
+		}
+	}
+	return nil
+}
+
+// remove takes rel's sockets out of the loop.
+func (l *eventLoop) remove(rel *loopRelay) {
+	l.mu.Lock()
+	delete(l.sides, int32(rel.client.fd))
+	delete(l.sides, int32(rel.upstream.fd))
+	l.mu.Unlock()
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, rel.client.fd, nil)
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, rel.upstream.fd, nil)
+}
+
+func (l *eventLoop) run() {
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(l.ep, events, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			// Not expected with a valid epoll fd and buffer; keep serving.
+			continue
+		}
+		for i := range n {
+			l.handle(events[i].Fd, events[i].Events)
+		}
+	}
+}
+
+// handle serves one readiness event. Events may be stale (for a socket
+// whose session has ended, or whose number a new session reuses): every
+// step tolerates a socket with nothing to read or nothing to write.
+func (l *eventLoop) handle(fd int32, ev uint32) {
+	l.mu.Lock()
+	sd := l.sides[fd]
+	l.mu.Unlock()
+	if sd == nil || sd.rel.done {
+		return
+	}
+	// Writable: the other side's bytes that were waiting can go.
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && sd.other.waiting {
+		if err := l.flush(sd.other); err != nil {
+			l.finish(sd.rel, sd.other.end(err))
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return
+	}
+	if sd.waiting {
+		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			// The socket is dead and not being read (its bytes wait for
+			// the other one): nothing more can pass.
+			l.finish(sd.rel, sd.end(&relayError{read: true, err: errHangUp}))
+		}
+		return
+	}
+	l.read(sd)
+}
+
+// errHangUp is the read error of a socket that hung up while its bytes
+// waited for the other socket.
+var errHangUp = errors.New("connection hung up")
+
+// read reads sd's socket once, frames what arrived and writes it on.
+func (l *eventLoop) read(sd *loopSide) {
+	f := sd.f
+	f.compact()
+	if f.w == len(f.buf) {
+		// frame grows or streams a message that fills the buffer, so this
+		// cannot happen; end the session rather than spin.
+		l.finish(sd.rel, sd.end(&relayError{read: true, err: errors.New("relay buffer full")}))
+		return
+	}
+	n, err := rawRead(sd.fd, f.buf[f.w:])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		l.finish(sd.rel, sd.end(&relayError{read: true, err: os.NewSyscallError("read", err)}))
+		return
+	case n == 0:
+		eof := io.EOF
+		if f.skip > 0 || f.w > f.r {
+			eof = io.ErrUnexpectedEOF
+		}
+		if sd == &sd.rel.client {
+			// Pass the client's half-close on, as the copier does.
+			unix.Shutdown(sd.other.fd, unix.SHUT_WR)
+		}
+		l.finish(sd.rel, sd.end(&relayError{read: true, err: eof}))
+		return
+	}
+	f.w += n
+	f.in += int64(n)
+	if err := f.frame(sd.obs); err != nil {
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			l.flush(sd) // forward the good messages before it, if the socket takes them now
+		}
+		l.finish(sd.rel, sd.end(err))
+		return
+	}
+	if err := l.flush(sd); err != nil {
+		l.finish(sd.rel, sd.end(err))
+	}
+}
+
+// flush writes sd's framed bytes to the other socket. When the socket
+// takes only part, sd waits: its socket is not read, and the loop watches
+// the other one for room.
+func (l *eventLoop) flush(sd *loopSide) error {
+	f := sd.f
+	for f.fw < f.r {
+		n, err := rawWrite(sd.other.fd, f.buf[f.fw:f.r])
+		if n > 0 {
+			f.fw += n
+		}
+		switch {
+		case err == nil || err == unix.EINTR:
+		case err == unix.EAGAIN:
+			if !sd.waiting {
+				sd.waiting = true
+				l.watch(sd.rel)
+			}
+			return nil
+		default:
+			return &relayError{err: os.NewSyscallError("write", err)}
+		}
+	}
+	if sd.waiting {
+		sd.waiting = false
+		l.watch(sd.rel)
+	}
+	if sd.fl != nil {
+		sd.fl.flushed()
+	}
+	return nil
+}
+
+// watch sets what the loop waits for on rel's sockets: readable unless the
+// socket's bytes are waiting, writable while the other socket's are.
+func (l *eventLoop) watch(rel *loopRelay) {
+	for _, sd := range []*loopSide{&rel.client, &rel.upstream} {
+		var ev uint32
+		if !sd.waiting {
+			ev |= unix.EPOLLIN
+		}
+		if sd.other.waiting {
+			ev |= unix.EPOLLOUT
+		}
+		e := unix.EpollEvent{Events: ev, Fd: int32(sd.fd)}
+		unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, sd.fd, &e)
+	}
+}
+
+// finish ends rel's relay: the loop lets go of its sockets and sends the
+// session the reason, and a second one standing for the other direction.
+func (l *eventLoop) finish(rel *loopRelay, why *endReason) {
+	if rel.done {
+		return
+	}
+	rel.done = true
+	l.remove(rel)
+	rel.mu.Lock()
+	rel.released = true
+	rel.mu.Unlock()
+	other := SideUpstream
+	if why.side == SideUpstream {
+		other = SideClient
+	}
+	rel.errc <- why
+	rel.errc <- &endReason{side: other, err: net.ErrClosed}
+}
+
+// rawRead and rawWrite are read(2) and write(2) on a non-blocking socket,
+// which return at once, so they skip the scheduler's syscall bookkeeping.
+func rawRead(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}

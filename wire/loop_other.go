@@ -1,0 +1,15 @@
+//go:build !linux
+
+package wire
+
+// Outside Linux every session relays with the copier goroutines.
+
+type loopRelay struct{}
+
+func (s *session) startLoopRelay(*frontendCopier, *backendCopier, chan<- *endReason) bool {
+	return false
+}
+
+func (s *session) takeBack(*loopRelay) {}
+
+func (rel *loopRelay) stop() {}
