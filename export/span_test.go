@@ -207,6 +207,22 @@ func TestNoStatementSpanAfterShutdown(t *testing.T) {
 	}
 }
 
+func TestRootIDs(t *testing.T) {
+	clearOTelEnv(t)
+	h := newHarness(t, Config{})
+	traces, spans := map[string]bool{}, map[string]bool{}
+	for range 100 {
+		traceID, spanID := h.e.Statement(stmt(qSelect, t0, time.Millisecond, fingerprint.TraceContext{}), detector.Verdict{})
+		if traceID == "" || traceID == (trace.TraceID{}).String() || spanID == (trace.SpanID{}).String() {
+			t.Fatalf("ids %q/%q, want valid ones", traceID, spanID)
+		}
+		traces[traceID], spans[spanID] = true, true
+	}
+	if len(traces) != 100 || len(spans) != 100 {
+		t.Errorf("%d trace ids and %d span ids for 100 roots, want all different", len(traces), len(spans))
+	}
+}
+
 func TestTruncate(t *testing.T) {
 	for _, tt := range []struct {
 		in   string
