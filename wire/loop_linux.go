@@ -62,6 +62,10 @@ type loopRelay struct {
 	released bool // the loop no longer uses the sockets: the session owns them
 }
 
+// loopStats counts, for tests, the sessions the loops took and the times a
+// side had to wait for the other socket to take its bytes.
+var loopStats struct{ sessions, waits atomic.Int64 }
+
 var (
 	loopsOnce sync.Once
 	loops     []*eventLoop
@@ -138,6 +142,7 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	s.mu.Lock()
 	s.rel = rel
 	s.mu.Unlock()
+	loopStats.sessions.Add(1)
 	c.Close()
 	u.Close()
 	return true
@@ -225,12 +230,37 @@ func (l *eventLoop) remove(rel *loopRelay) {
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, rel.upstream.fd, nil)
 }
 
+// rawWaitMillis is how long a loop waits for events without giving up its
+// P (see run); 0 when there is only one P, which the loop must not hold.
+var rawWaitMillis = func() int {
+	if runtime.GOMAXPROCS(0) > 1 {
+		return 1
+	}
+	return 0
+}()
+
 func (l *eventLoop) run() {
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(l.ep, events, -1)
+		// While traffic flows, wait in a raw epoll_wait that keeps this
+		// goroutine's P: a scheduled syscall that blocks makes the runtime
+		// hand the P on and take one back (thread wake-ups that cost more
+		// than the relaying), and keeps sysmon polling. After a quiet
+		// millisecond, wait as an ordinary syscall so an idle loop holds
+		// no P. The runtime's preemption signal interrupts the raw wait
+		// (EINTR), so a stop-the-world never waits on it.
+		n, err := 0, error(nil)
+		if rawWaitMillis > 0 {
+			n, err = rawEpollWait(l.ep, events, rawWaitMillis)
+		}
+		if n == 0 && err == nil {
+			n, err = unix.EpollWait(l.ep, events, -1)
+		}
 		if err != nil {
 			if err == unix.EINTR {
+				// Most likely the runtime's preemption signal: yield
+				// here, since the raw wait has no preemption point.
+				runtime.Gosched()
 				continue
 			}
 			// Not expected with a valid epoll fd and buffer; keep serving.
@@ -335,6 +365,7 @@ func (l *eventLoop) flush(sd *loopSide) error {
 		case err == nil || err == unix.EINTR:
 		case err == unix.EAGAIN:
 			if !sd.waiting {
+				loopStats.waits.Add(1)
 				sd.waiting = true
 				l.watch(sd.rel)
 			}
@@ -400,6 +431,14 @@ func rawRead(fd int, b []byte) (int, error) {
 
 func rawWrite(fd int, b []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func rawEpollWait(ep int, events []unix.EpollEvent, msec int) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		return 0, e
 	}

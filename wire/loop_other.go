@@ -2,6 +2,8 @@
 
 package wire
 
+import "sync/atomic"
+
 // Outside Linux every session relays with the copier goroutines.
 
 type loopRelay struct{}
@@ -13,3 +15,5 @@ func (s *session) startLoopRelay(*frontendCopier, *backendCopier, chan<- *endRea
 func (s *session) takeBack(*loopRelay) {}
 
 func (rel *loopRelay) stop() {}
+
+var loopStats struct{ sessions, waits atomic.Int64 }
