@@ -10,9 +10,20 @@
 # round), and prints TPS, average latency, and the ratios pgtrace/direct and
 # pgtrace/pgbouncer within each round, then their medians.
 #
+# Every run starts from fresh PostgreSQL backends: pgbench opens new
+# connections for each run, and PgBouncer's server connections from the run
+# before are closed (KILL, RESUME on its console) so that it does not hand
+# pgbench backends that earlier runs warmed. On the 2-vCPU VMs this was
+# written on, a warm backend (its page tables over shared_buffers already
+# built) answers pgbench -S about 1.5-2x faster than a fresh one, which made
+# PgBouncer look faster than a direct connection; BOUNCER_FRESH=0 keeps
+# PgBouncer's pool warm to see that.
+#
 # Environment: ROUNDS (3), DURATION seconds per run (10), CLIENTS ("1 16"),
 # MODES ("simple prepared"), SCALE (pgbench scale, 10), IDLE_CONNS (1000;
-# 0 skips the idle-memory measurement of pgtrace), PGTRACE_ARGS (extra serve flags).
+# 0 skips the idle-memory measurement of pgtrace), PGTRACE_ARGS (extra serve
+# flags), BOUNCER_FRESH (1), EXPORT (0; 1 exports every span and metric over
+# OTLP/gRPC to bench/otlpsink, a receiver that counts and discards).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,6 +34,8 @@ MODES="${MODES:-simple prepared}"
 SCALE="${SCALE:-10}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 PGTRACE_ARGS="${PGTRACE_ARGS:-}"
+BOUNCER_FRESH="${BOUNCER_FRESH:-1}"
+EXPORT="${EXPORT:-0}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -72,6 +85,8 @@ if [ -z "$PGBOUNCER" ]; then
 fi
 PGBENCH="$bindir/pgbench"
 [ -x "$PGBENCH" ] || PGBENCH="$(command -v pgbench)"
+PSQL="$bindir/psql"
+[ -x "$PSQL" ] || PSQL="$(command -v psql)"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/pgtrace-bench.XXXXXX")"
 pids=()
@@ -114,6 +129,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = $dir/userlist.txt
 pool_mode = session
+admin_users = postgres
 max_client_conn = $((IDLE_CONNS + 100))
 default_pool_size = $((IDLE_CONNS + 50))
 max_db_connections = 0
@@ -136,9 +152,27 @@ bouncer_port="$(free_port)"
 start_pgbouncer bench "$bouncer_port"
 say "PgBouncer $("$PGBOUNCER" --version 2>/dev/null | head -1 | awk '{print $2}') (session mode) on 127.0.0.1:$bouncer_port"
 
+# fresh_pgbouncer closes PgBouncer's idle server connections, so that the
+# next run gets new backends as the other targets do.
+fresh_pgbouncer() {
+	"$PSQL" -X -q -h 127.0.0.1 -p "$bouncer_port" -U postgres pgbouncer \
+		-c "KILL postgres" -c "RESUME postgres" >/dev/null 2>&1 ||
+		{ echo "could not reset PgBouncer's pool via its console" >&2; exit 1; }
+}
+
 # --- pgtrace -------------------------------------------------------------------
 say "building pgtrace"
 go build -o "$work/pgtrace" ./cmd/pgtrace
+if [ "$EXPORT" = 1 ]; then
+	go build -o "$work/otlpsink" ./bench/otlpsink
+	"$work/otlpsink" >"$work/otlpsink.addr" 2>"$work/otlpsink.log" &
+	sink_pid=$!
+	pids+=($!)
+	for _ in $(seq 1 100); do [ -s "$work/otlpsink.addr" ] && break; sleep 0.1; done
+	export OTEL_EXPORTER_OTLP_ENDPOINT="http://$(cat "$work/otlpsink.addr")"
+	export OTEL_METRIC_EXPORT_INTERVAL=5000
+	say "exporting over OTLP/gRPC to bench/otlpsink at $OTEL_EXPORTER_OTLP_ENDPOINT"
+fi
 # start_pgtrace NAME PORT: sets pgtrace_pid.
 start_pgtrace() {
 	local name="$1" p="$2"
@@ -167,6 +201,7 @@ for round in $(seq 1 "$ROUNDS"); do
 			# Rotate the order each round so no target always runs first.
 			for i in 0 1 2; do
 				t="${targets[$(((i + round - 1) % 3))]}"
+				if [ "$t" = pgbouncer ] && [ "$BOUNCER_FRESH" = 1 ]; then fresh_pgbouncer; fi
 				out="$("$PGBENCH" -n -S -M "$mode" -c "$c" -j "$jobs" -T "$DURATION" \
 					-h 127.0.0.1 -p "${port[$t]}" -U postgres postgres 2>&1)" || { echo "$out" >&2; exit 1; }
 				tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
@@ -180,7 +215,7 @@ done
 
 # --- report --------------------------------------------------------------------
 echo
-echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round"
+echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round; PgBouncer pool reset before each run: $BOUNCER_FRESH; OTLP export: $EXPORT"
 awk -F'\t' '
 function median(list,   n, a, i, j, t) {
 	n = split(list, a, " ")
@@ -228,6 +263,12 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
 	"$work/idleconns" -label pgtrace -pid "$pgtrace_pid" -n "$IDLE_CONNS" \
 		-dsn "postgres://postgres@127.0.0.1:$p/postgres?sslmode=disable"
 	kill -TERM "$pgtrace_pid"
+fi
+if [ "$EXPORT" = 1 ]; then
+	kill -TERM "$sink_pid"
+	wait "$sink_pid" 2>/dev/null || true
+	echo
+	cat "$work/otlpsink.log"
 fi
 for f in "$work"/pgtrace-*.log; do
 	if grep -q . "$f"; then
