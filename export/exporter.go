@@ -26,6 +26,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -59,8 +60,6 @@ type Exporter struct {
 	conns   map[uint64]*connState
 	sweepAt int // len(conns) at which the next ConnOpened sweeps
 	sets    map[setKey]*metricSets
-	// attrBuf is reused by spanLocked, which copies what a span keeps.
-	attrBuf []attribute.KeyValue
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
@@ -128,7 +127,6 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 }
 
 func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
-	var procs []sdktrace.SpanProcessor
 	spanExp := cfg.SpanExporter
 	if spanExp == nil && otlpOn {
 		var err error
@@ -141,14 +139,7 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 			return fmt.Errorf("export: OTLP span exporter: %w", err)
 		}
 	}
-	if spanExp != nil {
-		e.drops = newBatcher(spanExp) // bounded; drops and counts
-		procs = append(procs, e.drops)
-	}
-	if cfg.SpanProcessor != nil {
-		procs = append(procs, cfg.SpanProcessor)
-	}
-	if len(procs) == 0 {
+	if spanExp == nil && cfg.SpanProcessor == nil {
 		e.tracer = noop.NewTracerProvider().Tracer(ScopeName)
 		return nil
 	}
@@ -158,6 +149,23 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		base = sdktrace.ParentBased(sdktrace.AlwaysSample())
 	}
 	sampler := keepSampler{base: base}
+	// Statement spans are recycled when they reach nothing but the batcher
+	// and an exporter known to keep nothing of them: no user processor.
+	recycle := cfg.SpanProcessor == nil && keepsNoSpans(cfg.SpanExporter)
+	e.spans = newSpanSink(sampler, nil, res, cfg.Version, recycle)
+
+	var procs []sdktrace.SpanProcessor
+	if spanExp != nil {
+		var release func(sdktrace.ReadOnlySpan)
+		if recycle {
+			release = e.spans.release
+		}
+		e.drops = newBatcher(spanExp, release) // bounded; drops and counts
+		procs = append(procs, e.drops)
+	}
+	if cfg.SpanProcessor != nil {
+		procs = append(procs, cfg.SpanProcessor)
+	}
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sampler),
@@ -169,8 +177,29 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 	// spans are built whole and handed to the same processors (spanSink).
 	e.tp = sdktrace.NewTracerProvider(opts...)
 	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
-	e.spans = newSpanSink(sampler, procs, res, cfg.Version)
+	e.spans.procs = procs
 	return nil
+}
+
+// keepsNoSpans reports whether exp, the configured span exporter (nil:
+// pgtrace's own OTLP exporter), is known to read the spans only while
+// ExportSpans runs and to keep none of them, nor their attribute slices,
+// once it returns. The OTLP exporters (otlptrace.Exporter, over gRPC or
+// HTTP) transform the batch to protobuf before sending it, and retry with
+// the protobuf request; the no-op exporter reads nothing.
+func keepsNoSpans(exp sdktrace.SpanExporter) bool {
+	switch exp.(type) {
+	case nil, *tracetest.NoopExporter, transientExporter:
+		return true
+	}
+	return false
+}
+
+// transientExporter is implemented by test exporters that, like the OTLP
+// exporters, keep nothing of the spans once ExportSpans returns.
+type transientExporter interface {
+	sdktrace.SpanExporter
+	keepsNoSpans()
 }
 
 func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {

@@ -20,7 +20,10 @@ import (
 // Sizes and delays follow OTEL_BSP_MAX_QUEUE_SIZE, _MAX_EXPORT_BATCH_SIZE,
 // _SCHEDULE_DELAY and _EXPORT_TIMEOUT, with the SDK's defaults.
 type batcher struct {
-	exp      sdktrace.SpanExporter
+	exp sdktrace.SpanExporter
+	// release, if not nil, is called with each span the batcher is done
+	// with: dropped, or exported and ExportSpans returned (spanSink.release).
+	release  func(sdktrace.ReadOnlySpan)
 	maxQueue int
 	maxBatch int
 	delay    time.Duration
@@ -41,9 +44,13 @@ type batcher struct {
 	done      chan struct{}
 }
 
-func newBatcher(exp sdktrace.SpanExporter) *batcher {
+func newBatcher(exp sdktrace.SpanExporter, release func(sdktrace.ReadOnlySpan)) *batcher {
+	if release == nil {
+		release = func(sdktrace.ReadOnlySpan) {}
+	}
 	b := &batcher{
 		exp:      exp,
+		release:  release,
 		maxQueue: envInt("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize),
 		maxBatch: envInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize),
 		delay:    time.Duration(envInt("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)) * time.Millisecond,
@@ -62,12 +69,14 @@ func (b *batcher) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
 
 func (b *batcher) OnEnd(s sdktrace.ReadOnlySpan) {
 	if !s.SpanContext().IsSampled() {
+		b.release(s)
 		return
 	}
 	b.mu.Lock()
 	if len(b.queue) >= b.maxQueue {
 		b.mu.Unlock()
 		b.dropped.Add(1)
+		b.release(s)
 		return
 	}
 	b.queue = append(b.queue, s)
@@ -122,6 +131,9 @@ func (b *batcher) exportQueued(ctx context.Context) error {
 		ectx, cancel := context.WithTimeout(ctx, b.timeout)
 		err := b.exp.ExportSpans(ectx, batch)
 		cancel()
+		for _, s := range batch {
+			b.release(s)
+		}
 		if err != nil {
 			otel.Handle(err)
 		}
@@ -147,6 +159,9 @@ func (b *batcher) Shutdown(ctx context.Context) error {
 	err := b.exportQueued(ctx)
 	b.mu.Lock()
 	b.dropped.Add(uint64(len(b.queue)))
+	for _, s := range b.queue {
+		b.release(s)
+	}
 	b.queue = nil
 	b.mu.Unlock()
 	if serr := b.exp.Shutdown(ctx); serr != nil {

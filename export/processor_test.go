@@ -41,7 +41,7 @@ func TestBatcherDropsAndCounts(t *testing.T) {
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "5")
 	t.Setenv("OTEL_BSP_EXPORT_TIMEOUT", "60000")
 	x := &blockingExporter{release: make(chan struct{})}
-	b := newBatcher(x)
+	b := newBatcher(x, nil)
 	sampled := tracetest.SpanStub{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: [16]byte{1}, SpanID: [8]byte{1}, TraceFlags: trace.FlagsSampled})}.Snapshot()
 	unsampled := tracetest.SpanStub{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{

@@ -5,13 +5,14 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"strings"
+	"sync"
+	"time"
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -48,9 +49,18 @@ type spanSink struct {
 	// (sdk/metric/exemplar: measurement.store).
 	cur *carriedSpan
 	ctx context.Context
+
+	// recycle says the spans reach only pgtrace's batcher and an exporter
+	// that keeps nothing of them once ExportSpans returns; the batcher
+	// then hands each span back (release) when it is done with it, and
+	// newSpan reuses it, attribute array included. Otherwise every span is
+	// new and left to the garbage collector.
+	recycle bool
+	free    sync.Pool // of *statementSpan, when recycle
+	attrCap int       // capacity of a new span's attributes: the most seen
 }
 
-func newSpanSink(sampler sdktrace.Sampler, procs []sdktrace.SpanProcessor, res *resource.Resource, version string) *spanSink {
+func newSpanSink(sampler sdktrace.Sampler, procs []sdktrace.SpanProcessor, res *resource.Resource, version string, recycle bool) *spanSink {
 	cur := &carriedSpan{}
 	return &spanSink{
 		sampler: sampler,
@@ -60,7 +70,36 @@ func newSpanSink(sampler sdktrace.Sampler, procs []sdktrace.SpanProcessor, res *
 		limits:  sdktrace.NewSpanLimits(),
 		cur:     cur,
 		ctx:     trace.ContextWithSpan(context.Background(), cur),
+		recycle: recycle,
+		attrCap: 24,
 	}
+}
+
+// newSpan returns an empty span whose attributes have room for a
+// statement's: a released one when the sink recycles, else a new one.
+func (k *spanSink) newSpan() *statementSpan {
+	if k.recycle {
+		if s, ok := k.free.Get().(*statementSpan); ok {
+			return s
+		}
+	}
+	return &statementSpan{attrs: make([]attribute.KeyValue, 0, k.attrCap)}
+}
+
+// release takes back a span the batcher is done with: dropped, or exported
+// and the exporter returned. Spans not built by the sink (transaction and
+// connect spans) are left alone. It is called from the batcher's
+// goroutines, concurrently with newSpan. s must not be read afterwards.
+func (k *spanSink) release(ro sdktrace.ReadOnlySpan) {
+	s, ok := ro.(*statementSpan)
+	if !ok || !k.recycle {
+		return
+	}
+	// The attribute array is kept, its old values overwritten by the next
+	// span; everything else is dropped: events and links are allocated per
+	// span, never shared.
+	*s = statementSpan{attrs: s.attrs[:0]}
+	k.free.Put(s)
 }
 
 // carriedSpan is a non-recording span whose context spanSink.ctx carries.
@@ -130,30 +169,80 @@ func (k *spanSink) sample(parent trace.SpanContext, name string, kind trace.Span
 }
 
 // end applies the span limits to s, completes it with the resource and
-// scope, and hands it to every processor's OnEnd. s's Attributes must be a
-// slice the span may keep; its Events' and Links' too.
-func (k *spanSink) end(s tracetest.SpanStub) {
-	s.Attributes, s.DroppedAttributes = k.limitAttrs(s.Attributes)
-	if n := k.limits.EventCountLimit; n >= 0 && len(s.Events) > n {
-		s.DroppedEvents = len(s.Events) - n
-		s.Events = s.Events[s.DroppedEvents:] // the SDK evicts the oldest
+// scope, and hands it to every processor's OnEnd. s must come from newSpan;
+// it belongs to the processors afterwards.
+func (k *spanSink) end(s *statementSpan) {
+	k.attrCap = max(k.attrCap, len(s.attrs))
+	s.attrs, s.droppedAttrs = k.limitAttrs(s.attrs)
+	if n := k.limits.EventCountLimit; n >= 0 && len(s.events) > n {
+		s.droppedEvents = len(s.events) - n
+		s.events = s.events[s.droppedEvents:] // the SDK evicts the oldest
 	}
-	for i := range s.Events {
-		ev := &s.Events[i]
+	for i := range s.events {
+		ev := &s.events[i]
 		if n := k.limits.AttributePerEventCountLimit; n >= 0 && len(ev.Attributes) > n {
 			ev.DroppedAttributeCount = len(ev.Attributes) - n
 			ev.Attributes = ev.Attributes[:n]
 		}
 	}
-	if n := k.limits.LinkCountLimit; n >= 0 && len(s.Links) > n {
-		s.DroppedLinks = len(s.Links) - n
-		s.Links = s.Links[s.DroppedLinks:]
+	if n := k.limits.LinkCountLimit; n >= 0 && len(s.links) > n {
+		s.droppedLinks = len(s.links) - n
+		s.links = s.links[s.droppedLinks:]
 	}
-	s.Resource, s.InstrumentationScope = k.res, k.scope
-	ro := s.Snapshot()
+	s.res, s.scope = k.res, k.scope
 	for _, p := range k.procs {
-		p.OnEnd(ro)
+		p.OnEnd(s)
 	}
+}
+
+// statementSpan is a finished statement span as the span processors get
+// it: what tracetest.SpanStub's Snapshot makes, but a pointer, so that
+// handing it to OnEnd allocates nothing and the sink can reuse it
+// (spanSink.recycle).
+type statementSpan struct {
+	// The embedded interface, always nil, supplies ReadOnlySpan's
+	// unexported method, as tracetest's snapshot does. Every exported
+	// method is defined below; TestStatementSpanMethods fails if the SDK
+	// adds one.
+	sdktrace.ReadOnlySpan
+
+	name          string
+	sc, parent    trace.SpanContext
+	kind          trace.SpanKind
+	start, end    time.Time
+	attrs         []attribute.KeyValue
+	events        []sdktrace.Event
+	links         []sdktrace.Link
+	status        sdktrace.Status
+	droppedAttrs  int
+	droppedEvents int
+	droppedLinks  int
+	res           *resource.Resource
+	scope         instrumentation.Scope
+}
+
+func (s *statementSpan) Name() string                                { return s.name }
+func (s *statementSpan) SpanContext() trace.SpanContext              { return s.sc }
+func (s *statementSpan) Parent() trace.SpanContext                   { return s.parent }
+func (s *statementSpan) SpanKind() trace.SpanKind                    { return s.kind }
+func (s *statementSpan) StartTime() time.Time                        { return s.start }
+func (s *statementSpan) EndTime() time.Time                          { return s.end }
+func (s *statementSpan) Attributes() []attribute.KeyValue            { return s.attrs }
+func (s *statementSpan) Links() []sdktrace.Link                      { return s.links }
+func (s *statementSpan) Events() []sdktrace.Event                    { return s.events }
+func (s *statementSpan) Status() sdktrace.Status                     { return s.status }
+func (s *statementSpan) DroppedAttributes() int                      { return s.droppedAttrs }
+func (s *statementSpan) DroppedLinks() int                           { return s.droppedLinks }
+func (s *statementSpan) DroppedEvents() int                          { return s.droppedEvents }
+func (s *statementSpan) ChildSpanCount() int                         { return 0 }
+func (s *statementSpan) Resource() *resource.Resource                { return s.res }
+func (s *statementSpan) InstrumentationScope() instrumentation.Scope { return s.scope }
+
+// InstrumentationLibrary is InstrumentationScope.
+//
+// Deprecated: use InstrumentationScope.
+func (s *statementSpan) InstrumentationLibrary() instrumentation.Library { //nolint:staticcheck // ReadOnlySpan requires it
+	return s.scope
 }
 
 // limitAttrs applies the attribute count and value length limits to a, in

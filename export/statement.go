@@ -2,7 +2,6 @@ package export
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"time"
 
@@ -13,7 +12,6 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -277,33 +275,26 @@ func (e *Exporter) spanLocked(parent trace.SpanContext, base []attribute.KeyValu
 
 	// The SDK's order: the sampler's attributes, the start attributes, the
 	// rest.
-	a := append(e.attrBuf[:0], res.Attributes...)
+	span := e.spans.newSpan()
+	a := append(span.attrs, res.Attributes...)
 	a = append(a, keep...)
-	a = e.statementAttrs(a, base, s, v)
-	e.attrBuf = a
-	span := tracetest.SpanStub{
-		Name:        name,
-		SpanContext: sc,
-		Parent:      parent,
-		SpanKind:    trace.SpanKindClient,
-		StartTime:   st.Start,
-		EndTime:     st.End,
-		Attributes:  slices.Clone(a), // kept by the span; attrBuf is reused
-	}
+	span.attrs = e.statementAttrs(a, base, s, v)
+	span.name, span.sc, span.parent, span.kind = name, sc, parent, trace.SpanKindClient
+	span.start, span.end = st.Start, st.End
 	if failed {
-		span.Status = sdktrace.Status{Code: codes.Error, Description: st.ErrorMessage}
+		span.status = sdktrace.Status{Code: codes.Error, Description: st.ErrorMessage}
 	}
 	if v.Slow {
-		span.Events = append(span.Events, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
+		span.events = append(span.events, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
 			keyDurationMs.Float64(float64(st.Duration()) / float64(time.Millisecond)),
 			keySlowThresholdMs.Float64(float64(e.cfg.SlowThreshold) / float64(time.Millisecond))}})
 	}
 	if v.NPlusOneDetected {
-		span.Events = append(span.Events, sdktrace.Event{Name: "pgtrace.n_plus_one", Time: st.End, Attributes: []attribute.KeyValue{
+		span.events = append(span.events, sdktrace.Event{Name: "pgtrace.n_plus_one", Time: st.End, Attributes: []attribute.KeyValue{
 			keyNPlusOneCount.Int(v.NPlusOneCount)}})
 	}
 	for _, l := range links {
-		span.Links = append(span.Links, sdktrace.Link{SpanContext: l.SpanContext})
+		span.links = append(span.links, sdktrace.Link{SpanContext: l.SpanContext})
 	}
 	e.spans.end(span)
 	return sc
