@@ -9,10 +9,16 @@
 // bytes, and decodes only the few messages it observes. Authentication
 // (trust, password, md5, SCRAM-SHA-256) passes through untouched.
 //
-// Observation never slows traffic: the two relay goroutines of a session hand
-// small Event values to a bounded queue, and one dispatcher goroutine calls
-// the Observer. When the queue is full the event is dropped and counted
-// (Server.DroppedEvents).
+// On Linux, once a plain-TCP session's startup packet is upstream, its two
+// sockets join an epoll event loop shared with other sessions (one loop per
+// two Ps), as in PgBouncer: a readable socket is read once, framed and
+// written on in the same goroutine. Sessions with TLS on either side, and
+// elsewhere than Linux, use two relay goroutines per session instead.
+//
+// Observation never slows traffic: the relay hands small Event values to a
+// bounded queue, after the bytes that made them were written, and one
+// dispatcher goroutine calls the Observer. When the queue is full the event
+// is dropped and counted (Server.DroppedEvents).
 //
 // Message size limits: startup packets must be 8..10000 bytes long (as in
 // PostgreSQL); any other message may declare up to MaxMessageLen bytes. A

@@ -141,7 +141,11 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	// poller so that it is not woken for the loop's sockets.
 	s.mu.Lock()
 	s.rel = rel
+	aborted := s.aborted // abort closed the originals before it could see rel
 	s.mu.Unlock()
+	if aborted {
+		rel.stop()
+	}
 	loopStats.sessions.Add(1)
 	c.Close()
 	u.Close()

@@ -18,11 +18,12 @@ import (
 // session is one client connection and, once the startup packet is read,
 // its upstream connection.
 //
-// Goroutines: serve runs the startup phase, then starts one frontendCopier
-// (client → upstream) and one backendCopier (upstream → client) and waits
-// for the first of them to end. Only the backendCopier writes to the client
-// while both run; serve writes its own ErrorResponses only after the
-// backendCopier has returned.
+// Goroutines: serve runs the startup phase, then relays the two directions
+// (frontendCopier: client → upstream, backendCopier: upstream → client),
+// either on an event loop (loop_linux.go) or with one goroutine each, and
+// waits for the first direction to end. Only the backendCopier writes to
+// the client while both run; serve writes its own ErrorResponses only after
+// both have stopped (the loop has handed the sockets back).
 type session struct {
 	srv      *Server
 	log      *slog.Logger
