@@ -188,10 +188,14 @@ start_pgtrace bench "$pgtrace_port"
 say "$("$work/pgtrace" version) on 127.0.0.1:$pgtrace_port"
 
 declare -A port=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgtrace]=$pgtrace_port)
+declare -A proxy_pid=([pgbouncer]=$bouncer_pid [pgtrace]=$pgtrace_pid)
+tick="$(getconf CLK_TCK)"
+# cpu_ticks PID: the user + system CPU time PID has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 targets=(direct pgbouncer pgtrace)
 
 # --- pgbench rounds ------------------------------------------------------------
-results="$work/results.tsv" # round mode clients target tps latency_ms
+results="$work/results.tsv" # round mode clients target tps latency_ms proxy_cpu_us_per_tx
 : >"$results"
 say "pgbench -S, $ROUNDS round(s) of ${DURATION}s per run; modes: $MODES; clients: $CLIENTS"
 for round in $(seq 1 "$ROUNDS"); do
@@ -202,11 +206,18 @@ for round in $(seq 1 "$ROUNDS"); do
 			for i in 0 1 2; do
 				t="${targets[$(((i + round - 1) % 3))]}"
 				if [ "$t" = pgbouncer ] && [ "$BOUNCER_FRESH" = 1 ]; then fresh_pgbouncer; fi
+				pid="${proxy_pid[$t]:-}"
+				c0=0; [ -z "$pid" ] || c0="$(cpu_ticks "$pid")"
 				out="$("$PGBENCH" -n -S -M "$mode" -c "$c" -j "$jobs" -T "$DURATION" \
 					-h 127.0.0.1 -p "${port[$t]}" -U postgres postgres 2>&1)" || { echo "$out" >&2; exit 1; }
 				tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
 				lat="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
-				printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" >>"$results"
+				txs="$(awk '/^number of transactions actually processed: /{print $NF; exit}' <<<"$out")"
+				cpu=0
+				if [ -n "$pid" ]; then
+					cpu="$(awk -v a="$c0" -v b="$(cpu_ticks "$pid")" -v t="$tick" -v n="$txs" 'BEGIN{printf "%.1f", (b - a) / t * 1e6 / n}')"
+				fi
+				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" "$cpu" >>"$results"
 				printf '  round %s  %-8s  %2s client(s)  %-9s  %10.1f tps  %7.3f ms\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" >&2
 			done
 		done
@@ -224,28 +235,30 @@ function median(list,   n, a, i, j, t) {
 }
 {
 	k = $2 SUBSEP $3
-	tps[$1, k, $4] = $5; lat[$1, k, $4] = $6
+	tps[$1, k, $4] = $5; lat[$1, k, $4] = $6; cpu[$1, k, $4] = $7
 	if (!(k in seen)) { seen[k] = 1; order[++nk] = k }
 	if ($1 > rounds) rounds = $1
 }
 END {
-	printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9s %9s | %9s %9s\n", "mode", "clients", "round",
-		"direct", "pgbouncer", "pgtrace", "lat_dir", "lat_bnc", "lat_pgt", "pgt/dir", "pgt/bnc", "+lat_bnc", "+lat_pgt"
+	printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s\n", "mode", "clients", "round",
+		"direct", "pgbouncer", "pgtrace", "lat_dir", "lat_bnc", "lat_pgt", "pgt/dir", "pgt/bnc", "+lat_bnc", "+lat_pgt", "cpu_bnc", "cpu_pgt"
 	for (i = 1; i <= nk; i++) {
 		k = order[i]; split(k, kk, SUBSEP)
-		rd = ""; rb = ""; ab = ""; ap = ""
+		rd = ""; rb = ""; ab = ""; ap = ""; cb = ""; cp = ""
 		for (r = 1; r <= rounds; r++) {
 			d = tps[r, k, "direct"]; b = tps[r, k, "pgbouncer"]; p = tps[r, k, "pgtrace"]
 			ld = lat[r, k, "direct"]; lb = lat[r, k, "pgbouncer"]; lp = lat[r, k, "pgtrace"]
-			printf "%-9s %7s %5s | %10.1f %10.1f %10.1f | %8.3f %8.3f %8.3f | %9.3f %9.3f | %9.3f %9.3f\n",
-				kk[1], kk[2], r, d, b, p, ld, lb, lp, p / d, p / b, lb - ld, lp - ld
+			printf "%-9s %7s %5s | %10.1f %10.1f %10.1f | %8.3f %8.3f %8.3f | %9.3f %9.3f | %9.3f %9.3f | %7.1f %7.1f\n",
+				kk[1], kk[2], r, d, b, p, ld, lb, lp, p / d, p / b, lb - ld, lp - ld, cpu[r, k, "pgbouncer"], cpu[r, k, "pgtrace"]
 			rd = rd " " p / d; rb = rb " " p / b; ab = ab " " lb - ld; ap = ap " " lp - ld
+			cb = cb " " cpu[r, k, "pgbouncer"]; cp = cp " " cpu[r, k, "pgtrace"]
 		}
-		printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9.3f %9.3f | %9.3f %9.3f\n",
-			kk[1], kk[2], "median", "", "", "", "", "", "", median(rd), median(rb), median(ab), median(ap)
+		printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9.3f %9.3f | %9.3f %9.3f | %7.1f %7.1f\n",
+			kk[1], kk[2], "median", "", "", "", "", "", "", median(rd), median(rb), median(ab), median(ap), median(cb), median(cp)
 	}
 	print ""
-	print "pgt/dir, pgt/bnc: pgtrace TPS over direct and PgBouncer TPS; +lat_bnc, +lat_pgt: milliseconds each proxy adds to the average latency"
+	print "pgt/dir, pgt/bnc: pgtrace TPS over direct and PgBouncer TPS; +lat_bnc, +lat_pgt: milliseconds each proxy adds to the average latency;"
+	print "cpu_bnc, cpu_pgt: CPU microseconds (user + system) each proxy process spent per transaction, the measure least moved by other load"
 }' "$results"
 
 # --- idle connections ------------------------------------------------------------
