@@ -113,7 +113,10 @@ curl -fsS "http://$admin/api/findings" |
 	jq -r '.findings[] | "\(.type)\tcount=\(.count)\ttotal=\(.total_duration_ms|.*100|round/100)ms\tapp=\(.application)\t\(.query|.[0:60])"' | column -t -s $'\t'
 
 step "a few Prometheus metrics (GET http://$admin/metrics)"
-curl -fsS "http://$admin/metrics" | grep -E '^(db_n_plus_one_detected_total|pgtrace_slow_queries_total|db_client_operation_duration_seconds_count)' | head -8
+# awk reads all of it and prints the first 8 matches: "| head" would kill the
+# writer with SIGPIPE, which pipefail turns into a failed demo.
+metrics="$(curl -fsS "http://$admin/metrics")"
+awk '/^(db_n_plus_one_detected_total|pgtrace_slow_queries_total|db_client_operation_duration_seconds_count)/ && n++ < 8' <<<"$metrics"
 
 echo
 echo "Admin page: http://$admin/   (API: /api/queries /api/findings /api/connections; metrics: /metrics)"
