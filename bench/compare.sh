@@ -42,6 +42,14 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Servers run under setsid, in a session of their own, as under a service
+# manager (PostgreSQL's postmaster makes its own session too). With the
+# kernel's autogroup scheduling (sched_autogroup_enabled=1, the default on
+# these VMs), a process left in this script's session shares one CPU group
+# with pgbench, and the proxies would compete with the load generator
+# rather than get a share of their own. setsid execs in place (the
+# background child is not a process group leader), so $! stays the
+# server's pid.
 
 find_bindir() {
 	local d
@@ -140,7 +148,7 @@ log_disconnections = 0
 INI
 	echo '"postgres" ""' >"$dir/userlist.txt"
 	if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; fi
-	as_pg "$PGBOUNCER" "$dir/pgbouncer.ini" >"$dir/pgbouncer.out" 2>&1 &
+	as_pg setsid "$PGBOUNCER" "$dir/pgbouncer.ini" >"$dir/pgbouncer.out" 2>&1 &
 	pids+=($!)
 	wait_port "$p" || { cat "$dir/pgbouncer.out" "$dir/pgbouncer.log" >&2 2>/dev/null; exit 1; }
 	# Under runuser (as root) $! is runuser's; the pid file names pgbouncer.
@@ -165,7 +173,7 @@ say "building pgtrace"
 go build -o "$work/pgtrace" ./cmd/pgtrace
 if [ "$EXPORT" = 1 ]; then
 	go build -o "$work/otlpsink" ./bench/otlpsink
-	"$work/otlpsink" >"$work/otlpsink.addr" 2>"$work/otlpsink.log" &
+	setsid "$work/otlpsink" >"$work/otlpsink.addr" 2>"$work/otlpsink.log" &
 	sink_pid=$!
 	pids+=($!)
 	for _ in $(seq 1 100); do [ -s "$work/otlpsink.addr" ] && break; sleep 0.1; done
@@ -177,7 +185,7 @@ fi
 start_pgtrace() {
 	local name="$1" p="$2"
 	# shellcheck disable=SC2086 # PGTRACE_ARGS is a list of flags
-	"$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "127.0.0.1:$pg_port" --admin-listen "" \
+	setsid "$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "127.0.0.1:$pg_port" --admin-listen "" \
 		--log-level warn --max-client-connections $((IDLE_CONNS + 100)) $PGTRACE_ARGS 2>"$work/pgtrace-$name.log" &
 	pgtrace_pid=$!
 	pids+=($!)
