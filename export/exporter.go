@@ -129,11 +129,14 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
 	spanExp := cfg.SpanExporter
 	if spanExp == nil && otlpOn {
+		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings;
+		// pgtrace's exporter encodes the spans (otlpExporter), as
+		// protobuf only.
 		var err error
 		if protocol("TRACES") == "http/protobuf" {
-			spanExp, err = otlptracehttp.New(ctx)
+			spanExp, err = newOTLPExporter(ctx, otlptracehttp.NewClient(otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)))
 		} else {
-			spanExp, err = otlptracegrpc.New(ctx)
+			spanExp, err = newOTLPExporter(ctx, otlptracegrpc.NewClient())
 		}
 		if err != nil {
 			return fmt.Errorf("export: OTLP span exporter: %w", err)
@@ -184,12 +187,12 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 // keepsNoSpans reports whether exp, the configured span exporter (nil:
 // pgtrace's own OTLP exporter), is known to read the spans only while
 // ExportSpans runs and to keep none of them, nor their attribute slices,
-// once it returns. The OTLP exporters (otlptrace.Exporter, over gRPC or
-// HTTP) transform the batch to protobuf before sending it, and retry with
-// the protobuf request; the no-op exporter reads nothing.
+// once it returns. pgtrace's OTLP exporter (otlpExporter, over gRPC or
+// HTTP) encodes the batch before sending it, and retries with the encoded
+// request; the no-op exporter reads nothing.
 func keepsNoSpans(exp sdktrace.SpanExporter) bool {
 	switch exp.(type) {
-	case nil, *tracetest.NoopExporter, transientExporter:
+	case nil, *otlpExporter, *tracetest.NoopExporter, transientExporter:
 		return true
 	}
 	return false
