@@ -2,9 +2,9 @@ package export
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -79,8 +79,8 @@ type traceClient interface {
 // flags, with the parent-is-remote bits. Each message's fields are written
 // in field-number order, as proto.Marshal writes them. The order of the
 // resources, which the OTel exporter takes from a map, is the order they
-// first appear. A string that is not valid UTF-8 fails the export, as it
-// fails proto.Marshal.
+// first appear. Invalid UTF-8 in a string becomes U+FFFD, where the OTel
+// exporter fails the whole batch (see oneofStr).
 //
 // ExportSpans reads the spans only while it runs and keeps none of them
 // (keepsNoSpans). Calls are serialized: the buffer and messages are reused,
@@ -135,10 +135,7 @@ func newOTLPExporter(ctx context.Context, client traceClient) (*otlpExporter, er
 func (x *otlpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	rss, err := x.encode(spans)
-	if err != nil {
-		return fmt.Errorf("traces export: %w", err)
-	}
+	rss := x.encode(spans)
 	if len(rss) == 0 {
 		return nil
 	}
@@ -157,7 +154,7 @@ func (x *otlpExporter) Shutdown(ctx context.Context) error {
 
 // encode writes spans into the arena and returns the resource spans to
 // upload, valid until the next call.
-func (x *otlpExporter) encode(spans []sdktrace.ReadOnlySpan) ([]*tracepb.ResourceSpans, error) {
+func (x *otlpExporter) encode(spans []sdktrace.ReadOnlySpan) []*tracepb.ResourceSpans {
 	x.w.reset()
 	x.nRS, x.nSS, x.nSpan, x.nRes, x.nSc = 0, 0, 0, 0, 0
 	x.raws = x.raws[:0]
@@ -185,13 +182,10 @@ func (x *otlpExporter) encode(spans []sdktrace.ReadOnlySpan) ([]*tracepb.Resourc
 		ss.Spans = append(ss.Spans, s)
 		x.raws = append(x.raws, rawMessage{s.ProtoReflect(), start, len(x.w.b)})
 	}
-	if x.w.err != nil {
-		return nil, x.w.err
-	}
 	for _, r := range x.raws {
 		r.m.SetUnknown(protoreflect.RawFields(x.w.b[r.start:r.end:r.end]))
 	}
-	return x.rss[:x.nRS], nil
+	return x.rss[:x.nRS]
 }
 
 // scopeSpans returns the ScopeSpans of the resource and scope, adding it
@@ -242,20 +236,14 @@ func next[T any](arena *[]*T, n *int) *T {
 	return m
 }
 
-// errInvalidUTF8 is the error for a string OTLP cannot carry: protobuf
-// strings are UTF-8, and proto.Marshal refuses the request too.
-var errInvalidUTF8 = errors.New("string field contains invalid UTF-8")
-
 // wireBuf appends protobuf fields, in the wire format, to b. Messages
 // nested in it are written with a one-byte length, widened when the
-// message turns out longer than 127 bytes. err is the first invalid
-// string written.
+// message turns out longer than 127 bytes.
 type wireBuf struct {
-	b   []byte
-	err error
+	b []byte
 }
 
-func (w *wireBuf) reset() { w.b, w.err = w.b[:0], nil }
+func (w *wireBuf) reset() { w.b = w.b[:0] }
 
 // tag writes a field's tag: one byte for the fields below 16.
 func (w *wireBuf) tag(f protowire.Number, t protowire.Type) {
@@ -302,9 +290,15 @@ func (w *wireBuf) str(f protowire.Number, s string) {
 }
 
 // oneofStr writes a string field even if s is empty (a oneof member).
+//
+// Protobuf strings are UTF-8: proto.Marshal, and so the OTel exporter,
+// fails the whole request over one invalid string, and collectors reject
+// it. Statement text in a SQL_ASCII database, or an error message in a
+// server encoding other than UTF-8, can be anything, so invalid bytes
+// become U+FFFD here rather than cost every other span of the batch.
 func (w *wireBuf) oneofStr(f protowire.Number, s string) {
 	if !utf8.ValidString(s) {
-		w.err = errInvalidUTF8
+		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	w.tag(f, protowire.BytesType)
 	w.uvarint(uint64(len(s)))

@@ -393,37 +393,54 @@ func TestOTLPExporterSendsWhatOTelSends(t *testing.T) {
 	}
 }
 
-// TestOTLPExporterInvalidUTF8 checks that a string OTLP cannot carry fails
-// the export, as it fails the OTel exporter's, and that nothing is sent.
+// TestOTLPExporterInvalidUTF8 checks that invalid UTF-8, which fails the
+// OTel exporter's whole batch, reaches the collector as U+FFFD, and the
+// rest of the batch with it: what pgtrace sends for a batch with a bad
+// string is what the OTel exporter sends for the same batch with that
+// string mended.
 func TestOTLPExporterInvalidUTF8(t *testing.T) {
 	clearOTelEnv(t)
 	clearCompression(t)
 	good := sdkSpans(t)
-	for _, bad := range []tracetest.SpanStub{
-		{Name: "bad\xff"},
-		{Name: "value", Attributes: []attribute.KeyValue{attribute.String("k", "\xc3\x28")}},
-		{Name: "key", Attributes: []attribute.KeyValue{attribute.Int("k\xff", 1)}},
-		{Name: "slice", Attributes: []attribute.KeyValue{attribute.StringSlice("k", []string{"ok", "\xff"})}},
-		{Name: "status", Status: sdktrace.Status{Code: codes.Error, Description: "\xff"}},
-		{Name: "event", Events: []sdktrace.Event{{Name: "\xfe"}}},
+	kv := func(k, v string) []attribute.KeyValue { return []attribute.KeyValue{attribute.String(k, v)} }
+	for _, tc := range []struct {
+		name      string
+		bad, mend tracetest.SpanStub
+	}{
+		{"name", tracetest.SpanStub{Name: "bad\xff"}, tracetest.SpanStub{Name: "bad\uFFFD"}},
+		{"value", tracetest.SpanStub{Name: "value", Attributes: kv("k", "SELECT '\xe9t\xe9'")},
+			tracetest.SpanStub{Name: "value", Attributes: kv("k", "SELECT '\uFFFDt\uFFFD'")}},
+		{"key", tracetest.SpanStub{Name: "key", Attributes: []attribute.KeyValue{attribute.Int("k\xff", 1)}},
+			tracetest.SpanStub{Name: "key", Attributes: []attribute.KeyValue{attribute.Int("k\uFFFD", 1)}}},
+		{"slice", tracetest.SpanStub{Name: "slice", Attributes: []attribute.KeyValue{attribute.StringSlice("k", []string{"ok", "\xff"})}},
+			tracetest.SpanStub{Name: "slice", Attributes: []attribute.KeyValue{attribute.StringSlice("k", []string{"ok", "\uFFFD"})}}},
+		{"status", tracetest.SpanStub{Name: "status", Status: sdktrace.Status{Code: codes.Error, Description: "\xc3\x28"}},
+			tracetest.SpanStub{Name: "status", Status: sdktrace.Status{Code: codes.Error, Description: "\uFFFD("}}},
+		{"event", tracetest.SpanStub{Name: "event", Events: []sdktrace.Event{{Name: "\xfe"}}},
+			tracetest.SpanStub{Name: "event", Events: []sdktrace.Event{{Name: "\uFFFD"}}}},
 	} {
-		t.Run(bad.Name, func(t *testing.T) {
-			sink := startSink(t, "grpc")
-			stock := stockExporter(t, "grpc", sink.addr)
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			stockSink, sink := startSink(t, "grpc"), startSink(t, "grpc")
+			stock := stockExporter(t, "grpc", stockSink.addr)
 			exp := ourExporter(t, otlpClient("grpc", sink.addr))
-			batch := append(slices.Clone(good), bad.Snapshot())
-			if err := stock.ExportSpans(context.Background(), batch); err == nil {
+			if err := stock.ExportSpans(ctx, append(slices.Clone(good), tc.bad.Snapshot())); err == nil {
 				t.Errorf("the OTel exporter sent invalid UTF-8: the test tests nothing")
 			}
-			if err := exp.ExportSpans(context.Background(), batch); err == nil {
-				t.Errorf("pgtrace's exporter: no error for invalid UTF-8")
+			stockSink.take()
+			if err := stock.ExportSpans(ctx, append(slices.Clone(good), tc.mend.Snapshot())); err != nil {
+				t.Fatalf("OTel exporter, mended batch: %v", err)
 			}
-			if reqs, _ := sink.take(); len(reqs) != 0 {
-				t.Errorf("received %d request(s), want none", len(reqs))
+			if err := exp.ExportSpans(ctx, append(slices.Clone(good), tc.bad.Snapshot())); err != nil {
+				t.Fatalf("pgtrace's exporter: %v", err)
 			}
-			// The next batch is not affected.
-			if err := exp.ExportSpans(context.Background(), good); err != nil {
-				t.Errorf("export after the failed one: %v", err)
+			want, _ := stockSink.take()
+			got, _ := sink.take()
+			if len(got) != 1 || len(want) != 1 {
+				t.Fatalf("requests: pgtrace's exporter sent %d, the OTel exporter %d; want 1 each", len(got), len(want))
+			}
+			if g, w := sortedRequest(t, got[0]), sortedRequest(t, want[0]); !proto.Equal(g, w) {
+				t.Errorf("request differs from the OTel exporter's for the mended batch:\ngot:  %v\nwant: %v", g, w)
 			}
 		})
 	}
