@@ -236,9 +236,19 @@ func (l *eventLoop) remove(rel *loopRelay) {
 
 // rawWaitMillis is how long a loop waits for events without giving up its
 // P (see run); 0 when there is only one P, which the loop must not hold.
+//
+// Ten milliseconds, not one: an epoll_wait that blocks arms a kernel timer
+// for its timeout, and a timeout shorter than the timers the CPU already
+// has (the scheduler tick) makes the kernel reprogram the clock at each
+// wait and again when the wait ends early, which on a virtual machine is
+// a trap each time. With one client, which makes the loop wait twice per
+// transaction, a 1 ms timeout cost the loop 3-5 µs more CPU per
+// transaction than a 10 or 50 ms one (by hand, 2026-11-26, per-thread CPU
+// under pgbench -S -c 1; bench/RESULTS.md). The runtime's sysmon preempts
+// a goroutine that has run for 10 ms anyway.
 var rawWaitMillis = func() int {
 	if runtime.GOMAXPROCS(0) > 1 {
-		return 1
+		return 10
 	}
 	return 0
 }()
@@ -259,9 +269,9 @@ func (l *eventLoop) run() {
 		// While traffic flows, wait in a raw epoll_wait that keeps this
 		// goroutine's P: a scheduled syscall that blocks makes the runtime
 		// hand the P on and take one back (thread wake-ups that cost more
-		// than the relaying), and keeps sysmon polling. After a quiet
-		// millisecond, wait as an ordinary syscall so an idle loop holds
-		// no P. The runtime's preemption signal interrupts the raw wait
+		// than the relaying), and keeps sysmon polling. After
+		// rawWaitMillis without traffic, wait as an ordinary syscall so an
+		// idle loop holds no P. The runtime's preemption signal interrupts the raw wait
 		// (EINTR), so a stop-the-world never waits on it.
 		n, err := 0, error(nil)
 		if rawWaitMillis > 0 {
