@@ -133,7 +133,7 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		// pgtrace's exporter encodes the spans (otlpExporter), as
 		// protobuf only.
 		var err error
-		if protocol("TRACES") == "http/protobuf" {
+		if e.protocol("TRACES") == "http/protobuf" {
 			spanExp, err = newOTLPExporter(ctx, otlptracehttp.NewClient(otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)))
 		} else {
 			spanExp, err = newOTLPExporter(ctx, otlptracegrpc.NewClient())
@@ -217,7 +217,7 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 	}
 	if otlpOn {
 		var exp sdkmetric.Exporter
-		if protocol("METRICS") == "http/protobuf" {
+		if e.protocol("METRICS") == "http/protobuf" {
 			exp, err = otlpmetrichttp.New(ctx)
 		} else {
 			exp, err = otlpmetricgrpc.New(ctx)
@@ -286,14 +286,29 @@ func signalOn(signal string) bool {
 		os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
 }
 
-// protocol is the OTLP protocol for signal; the per-signal variable wins.
-func protocol(signal string) string {
-	if p := os.Getenv("OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"); p != "" {
-		return strings.TrimSpace(p)
+// protocol is the OTLP protocol for signal ("TRACES" or "METRICS"):
+// OTEL_EXPORTER_OTLP_<signal>_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL,
+// else grpc. pgtrace sends grpc or http/protobuf; http/json becomes
+// http/protobuf (the same endpoint takes both) and anything else grpc, each
+// with a warning, rather than a silent switch to an exporter the endpoint
+// does not speak.
+func (e *Exporter) protocol(signal string) string {
+	key := "OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"
+	p := strings.TrimSpace(os.Getenv(key))
+	if p == "" {
+		key = "OTEL_EXPORTER_OTLP_PROTOCOL"
+		p = strings.TrimSpace(os.Getenv(key))
 	}
-	if p := os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" {
-		return strings.TrimSpace(p)
+	switch p {
+	case "", "grpc":
+		return "grpc"
+	case "http/protobuf":
+		return p
+	case "http/json":
+		e.log.Warn("OTLP over http/json is not supported; sending http/protobuf to the same endpoint", "variable", key)
+		return "http/protobuf"
 	}
+	e.log.Warn("unknown OTLP protocol; sending grpc (valid: grpc, http/protobuf)", "variable", key, "value", p)
 	return "grpc"
 }
 
