@@ -145,6 +145,11 @@ type Statement struct {
 	// Copy is true when the statement ran a COPY (FROM STDIN or TO STDOUT).
 	Copy bool
 
+	// SQLState, ErrorMessage and Severity describe the ErrorResponse that
+	// ended the statement. In the extended protocol an error answering the
+	// Sync (the batch's implicit transaction failed to commit: a deferred
+	// constraint, a serialization failure) fails the batch's last
+	// statement, whose CommandComplete came first, as drivers report it.
 	SQLState     string // ErrorResponse code, e.g. "42P01"; empty on success
 	ErrorMessage string // ErrorResponse message; empty on success
 	Severity     string // ErrorResponse severity (ERROR, FATAL, PANIC)

@@ -221,6 +221,55 @@ func TestBatchPipeline(t *testing.T) {
 	}
 }
 
+// TestErrorAtSync checks a statement whose implicit transaction fails to
+// commit: a deferred foreign key is checked at the Sync that ends an
+// extended-protocol batch, after the INSERT's CommandComplete. The driver
+// reports the error for the INSERT, and so must the event.
+func TestErrorAtSync(t *testing.T) {
+	p := startProxy(t, pgtest.Start(t), nil)
+	c := p.connect(t)
+	ctx := ctxT(t)
+	pid := c.PgConn().PID()
+
+	for _, q := range []string{
+		"create temp table sync_parent (id int primary key)",
+		"create temp table sync_child (pid int references sync_parent deferrable initially deferred)",
+	} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := c.Exec(ctx, "insert into sync_child values ($1)", 7)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "23503" {
+		t.Fatalf("insert: got %v, want foreign_key_violation 23503 at commit", err)
+	}
+	// A bare Sync, and a batch whose commit succeeds, stay as they are.
+	if _, err := c.Exec(ctx, "insert into sync_parent values ($1)", 7); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "insert into sync_child values ($1)", 7); err != nil {
+		t.Fatal(err)
+	}
+	got := p.rec.waitStmts(t, pid, 5)
+	if len(got) != 5 {
+		t.Fatalf("got %d statements, want 5:\n%+v", len(got), got)
+	}
+	g := got[2]
+	if !strings.HasPrefix(g.Text, "insert into sync_child") || g.Outcome != OutcomeError || g.SQLState != "23503" ||
+		g.Severity != "ERROR" || g.ErrorMessage != pgErr.Message {
+		t.Errorf("insert failing at commit: %+v", g)
+	}
+	if g.CommandTag != "" || g.Rows != 0 || g.TxStatus != TxIdle || g.End.Before(g.Start) {
+		t.Errorf("insert failing at commit: tag %q rows %d tx %q start %v end %v", g.CommandTag, g.Rows, g.TxStatus, g.Start, g.End)
+	}
+	for _, i := range []int{3, 4} {
+		if g := got[i]; g.Outcome != OutcomeComplete || g.CommandTag != "INSERT 0 1" || g.Rows != 1 {
+			t.Errorf("statement %d: %+v", i, g)
+		}
+	}
+}
+
 func TestPortalSuspended(t *testing.T) {
 	p := startProxy(t, pgtest.Start(t), nil)
 	c := p.connect(t)

@@ -659,6 +659,10 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 	}
 	s.mu.Unlock()
 	now := time.Now()
+	if se == nil && prep == nil && head == pendSync {
+		bc.failAtSync(now, &e)
+		return nil
+	}
 	if se == nil && prep != nil {
 		// A Parse failed with no Execute queued behind it (a prepare).
 		se = &stmtEvent{}
@@ -673,6 +677,32 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 		bc.complete(se, now, OutcomeError, nil, &e)
 	}
 	return nil
+}
+
+// failAtSync handles an ErrorResponse that answers a Sync: the implicit
+// transaction of the batch failed to commit (a deferred constraint, a
+// serialization failure, a commit-time trigger). The driver reports that
+// error for the batch's last statement, whose CommandComplete came before
+// it, so that statement's event, still held for the ReadyForQuery, becomes
+// a failure ending now. With no statement held (a Sync alone, or a long
+// pipeline whose events had to go) nothing changes.
+func (bc *backendCopier) failAtSync(now time.Time, e *pgproto3.ErrorResponse) {
+	if len(bc.held) == 0 {
+		return
+	}
+	st := &bc.held[len(bc.held)-1].st
+	st.End = now
+	st.Outcome = OutcomeError
+	st.CommandTag, st.Rows = "", 0
+	st.SQLState = e.Code
+	st.ErrorMessage = e.Message
+	st.Severity = e.SeverityUnlocalized
+	if st.Severity == "" {
+		st.Severity = e.Severity
+	}
+	st.BytesOut += bc.out
+	bc.out = 0
+	bc.lastEnd = now
 }
 
 // tagRows is the row count at the end of a command tag ("INSERT 0 5" → 5);
