@@ -271,8 +271,8 @@ func (l *eventLoop) run() {
 		// hand the P on and take one back (thread wake-ups that cost more
 		// than the relaying), and keeps sysmon polling. After
 		// rawWaitMillis without traffic, wait as an ordinary syscall so an
-		// idle loop holds no P. The runtime's preemption signal interrupts the raw wait
-		// (EINTR), so a stop-the-world never waits on it.
+		// idle loop holds no P. The runtime's preemption signal interrupts
+		// the raw wait (EINTR), so a stop-the-world never waits on it.
 		n, err := 0, error(nil)
 		if rawWaitMillis > 0 {
 			n, err = rawEpollWait(l.ep, events, rawWaitMillis)
