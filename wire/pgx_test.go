@@ -244,7 +244,7 @@ func TestErrorAtSync(t *testing.T) {
 	if !errors.As(err, &pgErr) || pgErr.Code != "23503" {
 		t.Fatalf("insert: got %v, want foreign_key_violation 23503 at commit", err)
 	}
-	// A bare Sync, and a batch whose commit succeeds, stay as they are.
+	// Batches whose commit succeeds stay as they are.
 	if _, err := c.Exec(ctx, "insert into sync_parent values ($1)", 7); err != nil {
 		t.Fatal(err)
 	}

@@ -328,7 +328,7 @@ func (srv *Server) emit(e *Event) {
 // the runtime's search for work before the next sleep, and at 1 ms that
 // search (runtime.findRunnable, on the threads other than the loops') cost
 // 6–7 µs of CPU per transaction under pgbench -S -c 16; at 10 ms, 2–3 µs
-// (perf record, two alternating rounds, 2026-11-26; bench/RESULTS.md).
+// (perf record, three alternating rounds, 2026-11-26; bench/RESULTS.md).
 // The queue holds 65,536 events, far more than 10 ms of traffic.
 const dispatchPause = 10 * time.Millisecond
 
