@@ -1,6 +1,12 @@
 package export
 
-import "go.opentelemetry.io/otel/attribute"
+import (
+	"strings"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
 
 // Attribute keys. The stable database conventions come first, then the
 // legacy keys SigNoz's "DB calls" views still read (DESIGN.md decision 6),
@@ -55,3 +61,23 @@ var (
 	attrSystem       = keyDBSystemName.String(systemPostgreSQL)
 	attrLegacySystem = keyLegacyDBSystem.String(systemPostgreSQL)
 )
+
+// metricAttrs is the measurement option for a metric's attribute set, with
+// every string value made valid UTF-8 (bad bytes become U+FFFD).
+//
+// Values such as the database name, the query summary and collection, the
+// tenant and the application come from what clients send, which in a
+// SQL_ASCII database, or in a query PostgreSQL then rejects, need not be
+// UTF-8. The Prometheus client refuses such a label value and fails the
+// whole /metrics scrape (HTTP 500), for as long as the cumulative series
+// lives, and an OTLP exporter fails its whole request. kvs may be changed.
+func metricAttrs(kvs ...attribute.KeyValue) metric.MeasurementOption {
+	for i, kv := range kvs {
+		if kv.Value.Type() == attribute.STRING {
+			if s := kv.Value.AsString(); !utf8.ValidString(s) {
+				kvs[i].Value = attribute.StringValue(strings.ToValidUTF8(s, "\uFFFD"))
+			}
+		}
+	}
+	return metric.WithAttributeSet(attribute.NewSet(kvs...))
+}

@@ -135,13 +135,13 @@ func (e *Exporter) connectSpan(ev wire.Event) {
 	ma := []attribute.KeyValue{attrSystem, keyConnPoolName.String(e.poolName(conn))}
 	ma = appendServer(ma, addr, port)
 	if ok {
-		e.inst.createTime.Record(ctx, ev.ConnectDuration.Seconds(), metric.WithAttributes(ma...))
+		e.inst.createTime.Record(ctx, ev.ConnectDuration.Seconds(), metricAttrs(ma...))
 	}
 	oa := []attribute.KeyValue{attrSystem, keyAuthOutcome.String(outcome), keyApplication.String(conn.Application)}
 	if errType != "" {
 		oa = append(oa, keyErrorType.String(errType))
 	}
-	e.inst.connsOpened.Add(ctx, 1, metric.WithAttributes(oa...))
+	e.inst.connsOpened.Add(ctx, 1, metricAttrs(oa...))
 }
 
 // poolName names the proxy's "pool" for db.client.connection.* metrics: the
@@ -170,6 +170,5 @@ func (e *Exporter) Finding(f detector.Finding) {
 	default:
 		return
 	}
-	c.Add(context.Background(), 1, metric.WithAttributes(
-		attrSystem, keyApplication.String(f.Application)))
+	c.Add(context.Background(), 1, metricAttrs(attrSystem, keyApplication.String(f.Application)))
 }

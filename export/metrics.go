@@ -183,7 +183,7 @@ func (e *Exporter) statementSetsLocked(k setKey, op, collection, summary string,
 	if k.tenant != "" {
 		attrs = append(attrs, keyTenantID.String(k.tenant))
 	}
-	opt := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	opt := metricAttrs(attrs...)
 	ms := &metricSets{rec: []metric.RecordOption{opt}, add: []metric.AddOption{opt}}
 	e.sets[k] = ms
 	return ms

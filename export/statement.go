@@ -10,7 +10,6 @@ import (
 	"github.com/dotmac/pgtrace/wire"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -231,7 +230,7 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 		tx.span.SetStatus(codes.Error, "transaction failed")
 	}
 	tx.span.End(trace.WithTimestamp(end))
-	e.inst.txDuration.Record(tx.ctx, end.Sub(tx.start).Seconds(), metric.WithAttributes(
+	e.inst.txDuration.Record(tx.ctx, end.Sub(tx.start).Seconds(), metricAttrs(
 		attrSystem, keyDBNamespace.String(tx.conn.Database), keyTxOutcome.String(outcome)))
 }
 
