@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/fingerprint"
@@ -226,12 +227,7 @@ func TestMetricsHandler(t *testing.T) {
 	clearOTelEnv(t)
 	h := newHarness(t, Config{Version: "1.2.3"})
 	h.e.Statement(stmt(qSelect, t0, 2*time.Millisecond, fingerprint.TraceContext{}), detector.Verdict{Slow: true})
-	rec := httptest.NewRecorder()
-	h.e.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	body, _ := io.ReadAll(rec.Body)
-	if rec.Code != 200 {
-		t.Fatalf("status %d: %s", rec.Code, body)
-	}
+	body := scrape(t, h.e)
 	for _, want := range []string{
 		`db_client_operation_duration_seconds_bucket{`,
 		`db_query_summary="SELECT users"`,
@@ -239,8 +235,53 @@ func TestMetricsHandler(t *testing.T) {
 		`pgtrace_slow_queries_total{`,
 		`service_name="pgtrace"`,
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// scrape GETs /metrics from e's handler and fails unless it answers 200.
+func scrape(t *testing.T, e *Exporter) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	e.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	if rec.Code != 200 {
+		t.Fatalf("GET /metrics: status %d: %s", rec.Code, body)
+	}
+	return string(body)
+}
+
+// TestMetricsInvalidUTF8 records statements whose summary, collection,
+// database, tenant and application carry bytes that are not UTF-8 (a
+// SQL_ASCII database, or a query PostgreSQL then rejects): /metrics must
+// still serve every series, with U+FFFD for the bad bytes.
+func TestMetricsInvalidUTF8(t *testing.T) {
+	clearOTelEnv(t)
+	h := newHarness(t, Config{Version: "1.2.3"})
+	h.e.Statement(stmt(qSelect, t0, 2*time.Millisecond, fingerprint.TraceContext{}), detector.Verdict{})
+	bad := stmt(query("SELECT", "caf\xe9", "SELECT caf\xe9", "00000000000000aa"), t0, time.Millisecond, fingerprint.TraceContext{})
+	conn := *bad.Conn
+	conn.Database, conn.Application = "d\xffb", "app\xfe"
+	bad.Conn = &conn
+	bad.Tags = &fingerprint.Tags{Tenant: "t\xff"}
+	h.e.Statement(bad, detector.Verdict{Slow: true})
+	h.e.Statement(failed(stmt(query("SELECT", "caf\xe9", "SELECT caf\xe9", "00000000000000aa"), t0, time.Millisecond, fingerprint.TraceContext{}), "22021", "invalid byte sequence"), detector.Verdict{})
+	h.e.Conn(wire.Event{Kind: wire.ConnAuthenticated, Time: t0, Conn: conn, ConnectDuration: time.Millisecond})
+
+	body := scrape(t, h.e)
+	for _, want := range []string{
+		`db_query_summary="SELECT users"`,
+		`db_query_summary="SELECT caf` + "\uFFFD" + `"`,
+		`db_collection_name="caf` + "\uFFFD" + `"`,
+		`db_namespace="d` + "\uFFFD" + `b"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if !utf8.ValidString(body) {
+		t.Errorf("/metrics carries invalid UTF-8")
 	}
 }
