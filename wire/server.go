@@ -339,7 +339,7 @@ func (srv *Server) dispatch() {
 	for e := range srv.events {
 		srv.observe(e)
 		// Drain what else is queued, then pause so that the events of the
-		// next millisecond are taken in one wake-up.
+		// next dispatchPause are taken in one wake-up.
 		for drained := false; !drained; {
 			select {
 			case e, ok := <-srv.events:

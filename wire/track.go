@@ -501,12 +501,7 @@ func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag [
 	case OutcomeSuspended:
 		st.Rows = bc.rows
 	case OutcomeError:
-		st.SQLState = e.Code
-		st.ErrorMessage = e.Message
-		st.Severity = e.SeverityUnlocalized
-		if st.Severity == "" {
-			st.Severity = e.Severity
-		}
+		st.setError(e)
 	}
 	st.Copy = bc.copy
 	if st.Copy {
@@ -616,10 +611,7 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 	if err := e.Decode(body); err != nil {
 		return &ProtocolError{Type: 'E', Len: int64(len(body)) + 4, Err: err}
 	}
-	sev := e.SeverityUnlocalized
-	if sev == "" {
-		sev = e.Severity
-	}
+	sev := severity(&e)
 	if sev == "FATAL" || sev == "PANIC" {
 		bc.fatalErr = &ServerError{Severity: sev, Code: e.Code, Message: e.Message}
 	}
@@ -694,15 +686,26 @@ func (bc *backendCopier) failAtSync(now time.Time, e *pgproto3.ErrorResponse) {
 	st.End = now
 	st.Outcome = OutcomeError
 	st.CommandTag, st.Rows = "", 0
-	st.SQLState = e.Code
-	st.ErrorMessage = e.Message
-	st.Severity = e.SeverityUnlocalized
-	if st.Severity == "" {
-		st.Severity = e.Severity
-	}
+	st.setError(e)
 	st.BytesOut += bc.out
 	bc.out = 0
 	bc.lastEnd = now
+}
+
+// setError records the ErrorResponse that ended st.
+func (st *Statement) setError(e *pgproto3.ErrorResponse) {
+	st.SQLState = e.Code
+	st.ErrorMessage = e.Message
+	st.Severity = severity(e)
+}
+
+// severity is e's severity, the unlocalized one when the server sent it
+// (PostgreSQL 9.6 and later).
+func severity(e *pgproto3.ErrorResponse) string {
+	if e.SeverityUnlocalized != "" {
+		return e.SeverityUnlocalized
+	}
+	return e.Severity
 }
 
 // tagRows is the row count at the end of a command tag ("INSERT 0 5" → 5);
