@@ -75,9 +75,18 @@ func metricAttrs(kvs ...attribute.KeyValue) metric.MeasurementOption {
 	for i, kv := range kvs {
 		if kv.Value.Type() == attribute.STRING {
 			if s := kv.Value.AsString(); !utf8.ValidString(s) {
-				kvs[i].Value = attribute.StringValue(strings.ToValidUTF8(s, "\uFFFD"))
+				kvs[i].Value = attribute.StringValue(mendUTF8(s))
 			}
 		}
 	}
 	return metric.WithAttributeSet(attribute.NewSet(kvs...))
+}
+
+// mendUTF8 returns s with U+FFFD in place of each run of bytes that is not
+// UTF-8: what pgtrace sends for such a string in a metric label or a span.
+func mendUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -297,9 +295,7 @@ func (w *wireBuf) str(f protowire.Number, s string) {
 // server encoding other than UTF-8, can be anything, so invalid bytes
 // become U+FFFD here rather than cost every other span of the batch.
 func (w *wireBuf) oneofStr(f protowire.Number, s string) {
-	if !utf8.ValidString(s) {
-		s = strings.ToValidUTF8(s, "\uFFFD")
-	}
+	s = mendUTF8(s)
 	w.tag(f, protowire.BytesType)
 	w.uvarint(uint64(len(s)))
 	w.b = append(w.b, s...)
