@@ -69,6 +69,15 @@ type Server struct {
 // Addr is host:port.
 func (s *Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 
+// Socket is the path of a managed cluster's Unix socket; "" for a server
+// given by PGTRACE_TEST_DSN. The roles log in over it as over TCP.
+func (s *Server) Socket() string {
+	if !s.Managed {
+		return ""
+	}
+	return filepath.Join(s.Dir, ".s.PGSQL."+strconv.Itoa(s.Port))
+}
+
 // DSN is a connection URL for the server's superuser.
 func (s *Server) DSN() string { return s.DSNFor(s.User, s.Password) }
 
@@ -266,7 +275,10 @@ func startCluster(opts Options) (s *Server, err error) {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
 	hba := strings.Join([]string{
-		"local all all trust",
+		"local all " + TrustUser + " trust",
+		"local all " + MD5User + " md5",
+		"local all " + PlainUser + " password",
+		"local all all scram-sha-256",
 		"host all " + TrustUser + " 127.0.0.1/32 trust",
 		"host all " + MD5User + " 127.0.0.1/32 md5",
 		"host all " + PlainUser + " 127.0.0.1/32 password",
