@@ -100,7 +100,7 @@ const (
 type ConnInfo struct {
 	ID          uint64         // unique per proxy process, starting at 1
 	ClientAddr  netip.AddrPort // the client's address (zero for Unix sockets)
-	ServerAddr  string         // the upstream host:port
+	ServerAddr  string         // the upstream host:port or Unix socket path
 	User        string         // from the StartupMessage
 	Database    string         // from the StartupMessage (defaults to User)
 	Application string         // application_name, from startup or ParameterStatus

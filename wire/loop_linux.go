@@ -9,15 +9,17 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// The event loop relays the steady state of plain TCP sessions, the way
-// PgBouncer does: a few goroutines each wait on an epoll set for all their
-// sessions' sockets and, when one is readable, read it once, frame what
-// arrived and write it on, with no goroutine hand-off in between. The
+// The event loop relays the steady state of plain (TCP or Unix socket)
+// sessions, the way PgBouncer does: a few goroutines each wait on an epoll
+// set for all their sessions' sockets and, when one is readable, read it
+// once, frame what arrived and write it on, with no goroutine hand-off in
+// between. The
 // per-session copier goroutines cost a netpoll wake-up, a scheduler hand-off
 // and an extra read that finds nothing for every message batch; on a
 // virtual machine, where each of those is a costly trap, that doubled the
@@ -96,7 +98,7 @@ func nextLoop() (*eventLoop, error) {
 }
 
 // startLoopRelay moves the session's relay onto an event loop when both of
-// its connections are plain TCP. It reports false when the session must use
+// its connections are plain sockets (TCP or Unix, not TLS). It reports false when the session must use
 // the copier goroutines; then the session's connections are untouched. The
 // loop sends two end reasons on errc, the first one the real one, after it
 // has let go of the sockets; takeBack must run before the session touches
@@ -106,10 +108,9 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 		return false
 	}
 	s.mu.Lock()
-	c, cok := s.client.(*net.TCPConn)
-	u, uok := s.upstream.(*net.TCPConn)
+	c, u := s.client, s.upstream
 	s.mu.Unlock()
-	if !cok || !uok {
+	if !plainSocket(c) || !plainSocket(u) {
 		return false
 	}
 	l, err := nextLoop()
@@ -179,9 +180,20 @@ func (rel *loopRelay) stop() {
 	}
 }
 
-// dupFD returns a close-on-exec duplicate of c's socket.
-func dupFD(c *net.TCPConn) (int, error) {
-	rc, err := c.SyscallConn()
+// plainSocket reports whether c is a TCP or Unix socket, which the loop can
+// take over.
+func plainSocket(c net.Conn) bool {
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
+}
+
+// dupFD returns a close-on-exec duplicate of c's socket; c is one that
+// plainSocket accepts.
+func dupFD(c net.Conn) (int, error) {
+	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		return -1, err
 	}

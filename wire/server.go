@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,7 +24,8 @@ var ErrServerClosed = errors.New("wire: server closed")
 // The exported fields are read when Serve is first called and must not
 // change afterwards. A Server must not be copied after first use.
 type Server struct {
-	// Upstream is the host:port of the upstream PostgreSQL.
+	// Upstream is the host:port of the upstream PostgreSQL, or the path of
+	// its Unix socket (see UpstreamNetwork).
 	Upstream string
 	// DialTimeout bounds connecting to the upstream, including the upstream
 	// TLS handshake. Zero means 5s.
@@ -96,6 +98,17 @@ type ConnState struct {
 
 const defaultDialTimeout = 5 * time.Second
 
+// UpstreamNetwork returns the network and address to dial for an upstream
+// given as host:port ("tcp") or as the path of a PostgreSQL Unix socket,
+// such as /var/run/postgresql/.s.PGSQL.5432 ("unix"): anything that starts
+// with "/".
+func UpstreamNetwork(upstream string) (network, address string) {
+	if strings.HasPrefix(upstream, "/") {
+		return "unix", upstream
+	}
+	return "tcp", upstream
+}
+
 // startupTimeout bounds the startup phase of a client: TLS negotiation and
 // the StartupMessage (not the authentication exchange, which the upstream
 // times itself: authentication_timeout).
@@ -124,11 +137,18 @@ func (srv *Server) validate() error {
 	if srv.Upstream == "" {
 		return errors.New("wire: Server.Upstream is empty")
 	}
-	if _, _, err := net.SplitHostPort(srv.Upstream); err != nil {
-		return fmt.Errorf("wire: Server.Upstream %q: %w", srv.Upstream, err)
+	network, _ := UpstreamNetwork(srv.Upstream)
+	if network == "tcp" {
+		if _, _, err := net.SplitHostPort(srv.Upstream); err != nil {
+			return fmt.Errorf("wire: Server.Upstream %q: %w", srv.Upstream, err)
+		}
 	}
 	switch srv.UpstreamTLS.Mode {
-	case "", "disable", "prefer", "require", "verify-full":
+	case "", "disable", "prefer":
+	case "require", "verify-full":
+		if network == "unix" {
+			return fmt.Errorf("wire: UpstreamTLS.Mode %q: PostgreSQL has no TLS on a Unix socket (%s)", srv.UpstreamTLS.Mode, srv.Upstream)
+		}
 	default:
 		return fmt.Errorf("wire: UpstreamTLS.Mode %q: want disable, prefer, require or verify-full", srv.UpstreamTLS.Mode)
 	}

@@ -405,16 +405,19 @@ func (srv *Server) dialTimeout() time.Duration {
 }
 
 // dialUpstream connects to the upstream and negotiates TLS per UpstreamTLS.
+// Over a Unix socket it asks for no TLS, as libpq does: PostgreSQL serves
+// none there (validate refuses the modes that require it).
 func (srv *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, srv.dialTimeout())
 	defer cancel()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", srv.Upstream)
+	network, addr := UpstreamNetwork(srv.Upstream)
+	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream %s: %w", srv.Upstream, err)
 	}
 	mode := srv.UpstreamTLS.Mode
-	if mode == "" || mode == "disable" {
+	if mode == "" || mode == "disable" || network == "unix" {
 		return c, nil
 	}
 	tc, err := srv.upstreamTLS(ctx, c, mode)
