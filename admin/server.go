@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dotmac/pgtrace/wire"
 )
 
 // Default probe settings, used when the Server's fields are zero.
@@ -29,8 +31,9 @@ const (
 // any method; they must not change afterwards. The zero value serves
 // /healthz and a /readyz that reports "starting" until MarkReady.
 type Server struct {
-	// Upstream is the host:port of the PostgreSQL server /readyz probes with
-	// a TCP dial. If empty, the upstream is not probed.
+	// Upstream is the host:port of the PostgreSQL server, or the path of its
+	// Unix socket, that /readyz probes with a dial. If empty, the upstream is
+	// not probed.
 	Upstream string
 	// ProbeTimeout bounds one readiness dial. If zero, DefaultProbeTimeout.
 	ProbeTimeout time.Duration
@@ -207,7 +210,8 @@ func (s *Server) probe(ctx context.Context) error {
 		dial = d.DialContext
 	}
 	s.probeRuns.Add(1)
-	conn, err := dial(dctx, "tcp", s.Upstream)
+	network, addr := wire.UpstreamNetwork(s.Upstream)
+	conn, err := dial(dctx, network, addr)
 	if err != nil {
 		s.probeErr = fmt.Errorf("upstream %s unreachable: %w", s.Upstream, err)
 	} else {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,8 @@ func TestReadyz(t *testing.T) {
 		{"upstream up", &Server{Upstream: pg.Addr()}, true, false, 200, "ok"},
 		{"upstream down", &Server{Upstream: closedAddr(t)}, true, false, 503, "unreachable"},
 		{"no upstream configured", &Server{}, true, false, 200, "ok"},
+		{"upstream up on a Unix socket", &Server{Upstream: pgtest.Managed(t).Socket()}, true, false, 200, "ok"},
+		{"no Unix socket there", &Server{Upstream: filepath.Join(t.TempDir(), ".s.PGSQL.5432")}, true, false, 503, "unreachable"},
 		{"shutting down", &Server{Upstream: pg.Addr()}, true, true, 503, "not ready: shutting down"},
 		{"at connection cap", &Server{Upstream: pg.Addr(), MaxConnections: 3, ActiveConnections: func() int { return 3 }},
 			true, false, 503, "connection cap (3 of 3)"},

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/dotmac/pgtrace/wire"
 )
 
 // checkResult is one line of `pgtrace check`.
@@ -50,7 +53,7 @@ endpoint named by the OTEL_* variables. It prints PASS or FAIL per item, with th
 address and how to fix each failure, and exits 1 when anything failed.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "upstream", Value: "127.0.0.1:5432", EnvVars: []string{"PGTRACE_UPSTREAM"}, Destination: &cc.Upstream,
-				Usage: "`host:port` of the PostgreSQL server, as for serve"},
+				Usage: "`host:port` of the PostgreSQL server, or the path of its Unix socket, as for serve"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:6432", EnvVars: []string{"PGTRACE_LISTEN"}, Destination: &cc.Listen,
 				Usage: "`address` serve would listen on; checked to be free (\"\" skips)"},
 			&cli.StringFlag{Name: "admin-listen", Value: "127.0.0.1:9187", EnvVars: []string{"PGTRACE_ADMIN_LISTEN"}, Destination: &cc.AdminListen,
@@ -109,11 +112,12 @@ func runChecks(ctx context.Context, cc checkConfig, getenv func(string) string) 
 
 func checkUpstream(ctx context.Context, cc checkConfig) checkResult {
 	r := checkResult{Name: "upstream"}
+	network, addr := wire.UpstreamNetwork(cc.Upstream)
 	if cc.User == "" {
 		// No credentials: prove a PostgreSQL server answers by sending an
 		// SSLRequest, which every server answers with one byte.
 		d := net.Dialer{Timeout: cc.Timeout}
-		conn, err := d.DialContext(ctx, "tcp", cc.Upstream)
+		conn, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			r.Msg = fmt.Sprintf("%s: %v", cc.Upstream, err)
 			r.Fix = "start PostgreSQL there, or point --upstream (PGTRACE_UPSTREAM) at it"
@@ -136,17 +140,15 @@ func checkUpstream(ctx context.Context, cc checkConfig) checkResult {
 		r.Msg = fmt.Sprintf("%s is a PostgreSQL server (give --user to check a login too)", cc.Upstream)
 		return r
 	}
-	host, port, err := net.SplitHostPort(cc.Upstream)
+	cfg, err := checkLoginConfig(cc, network, addr)
 	if err != nil {
 		r.Msg = fmt.Sprintf("%q: %v", cc.Upstream, err)
-		r.Fix = "give --upstream as host:port"
+		r.Fix = "give --upstream as host:port or as the path of a Unix socket"
 		return r
 	}
-	u := url.URL{Scheme: "postgres", Host: net.JoinHostPort(host, port), User: url.UserPassword(cc.User, cc.Password),
-		Path: "/" + cc.Database, RawQuery: "sslmode=prefer&application_name=pgtrace-check&connect_timeout=" + fmt.Sprint(int(cc.Timeout.Seconds()+0.5))}
 	cctx, cancel := context.WithTimeout(ctx, cc.Timeout)
 	defer cancel()
-	conn, err := pgconn.Connect(cctx, u.String())
+	conn, err := pgconn.ConnectConfig(cctx, cfg)
 	if err != nil {
 		r.Msg = fmt.Sprintf("%s as %s: %v", cc.Upstream, cc.User, err)
 		var pgErr *pgconn.PgError
@@ -162,6 +164,38 @@ func checkUpstream(ctx context.Context, cc checkConfig) checkResult {
 	r.OK = true
 	r.Msg = fmt.Sprintf("%s: logged in as %s (server %s)", cc.Upstream, cc.User, conn.ParameterStatus("server_version"))
 	return r
+}
+
+// checkLoginConfig is the connection config check logs in with: TLS if
+// the server offers it over TCP, none over a Unix socket, which pgconn
+// dials at addr whatever its name.
+func checkLoginConfig(cc checkConfig, network, addr string) (*pgconn.Config, error) {
+	host, port, ssl := "", "", "prefer"
+	if network == "unix" {
+		host, ssl = filepath.Dir(addr), "disable"
+	} else {
+		var err error
+		if host, port, err = net.SplitHostPort(addr); err != nil {
+			return nil, err
+		}
+	}
+	q := url.Values{"host": {host}, "sslmode": {ssl}, "application_name": {"pgtrace-check"},
+		"connect_timeout": {fmt.Sprint(int(cc.Timeout.Seconds() + 0.5))}}
+	if port != "" {
+		q.Set("port", port)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(cc.User, cc.Password), Path: "/" + cc.Database, RawQuery: q.Encode()}
+	cfg, err := pgconn.ParseConfig(u.String())
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		cfg.DialFunc = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", addr)
+		}
+	}
+	return cfg, nil
 }
 
 func checkFree(name, addr, flag string) checkResult {

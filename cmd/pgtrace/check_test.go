@@ -41,6 +41,18 @@ func TestCheck(t *testing.T) {
 			want:     []string{"PASS  upstream  " + pg.Addr() + ": logged in as " + pgtest.ScramUser},
 		},
 		{
+			name:     "Unix socket",
+			args:     []string{"--upstream", pg.Socket(), "--listen", "", "--admin-listen", ""},
+			wantCode: 0,
+			want:     []string{"PASS  upstream  " + pg.Socket() + " is a PostgreSQL server"},
+		},
+		{
+			name:     "login over a Unix socket",
+			args:     []string{"--upstream", pg.Socket(), "--user", pgtest.ScramUser, "--password", pgtest.ScramPassword, "--database", "postgres", "--listen", "", "--admin-listen", ""},
+			wantCode: 0,
+			want:     []string{"PASS  upstream  " + pg.Socket() + ": logged in as " + pgtest.ScramUser},
+		},
+		{
 			name:     "wrong password",
 			args:     []string{"--upstream", pg.Addr(), "--user", pgtest.ScramUser, "--password", "nope", "--database", "postgres", "--listen", "", "--admin-listen", ""},
 			wantCode: 1,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,7 +90,8 @@ func (c *config) flags() []cli.Flag {
 		},
 		&cli.StringFlag{
 			Name: "upstream", Value: "127.0.0.1:5432", Destination: &c.Upstream, EnvVars: env("upstream"), Category: catNetwork,
-			Usage: "`host:port` of the PostgreSQL server; every client connection gets its own upstream connection (session mode)",
+			Usage: "`host:port` of the PostgreSQL server, or the path of its Unix socket (such as /var/run/postgresql/.s.PGSQL.5432); " +
+				"every client connection gets its own upstream connection (session mode)",
 		},
 		&cli.StringFlag{
 			Name: "admin-listen", Value: "127.0.0.1:9187", Destination: &c.AdminListen, EnvVars: env("admin-listen"), Category: catNetwork,
@@ -98,7 +100,7 @@ func (c *config) flags() []cli.Flag {
 		},
 		&cli.DurationFlag{
 			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,
-			Usage: "how long to wait for the upstream's TCP (and TLS) connection before the client gets a 08001 error",
+			Usage: "how long to wait for the upstream's connection (and TLS handshake) before the client gets a 08001 error",
 		},
 
 		&cli.StringFlag{
@@ -192,7 +194,7 @@ func (c *config) validate() error {
 	if err := checkHostPort(c.Listen); err != nil {
 		bad("--listen: %w", err)
 	}
-	if err := checkHostPort(c.Upstream); err != nil {
+	if err := checkUpstreamAddr(c.Upstream); err != nil {
 		bad("--upstream: %w", err)
 	}
 	if c.AdminListen != "" {
@@ -208,6 +210,9 @@ func (c *config) validate() error {
 	}
 	if !slices.Contains(upstreamSSLs, c.UpstreamSSLMode) {
 		bad("--upstream-sslmode: %q is not one of %s", c.UpstreamSSLMode, strings.Join(upstreamSSLs, ", "))
+	}
+	if network, _ := wire.UpstreamNetwork(c.Upstream); network == "unix" && (c.UpstreamSSLMode == "require" || c.UpstreamSSLMode == "verify-full") {
+		bad("--upstream-sslmode %s: PostgreSQL has no TLS on a Unix socket; use disable or prefer with --upstream %s", c.UpstreamSSLMode, c.Upstream)
 	}
 	if c.UpstreamCA != "" && c.UpstreamSSLMode != "verify-full" {
 		bad("--upstream-ca is only used with --upstream-sslmode verify-full (got %q)", c.UpstreamSSLMode)
@@ -257,6 +262,26 @@ func (c *config) validate() error {
 		args = append(args, e)
 	}
 	return fmt.Errorf("%d problems with the configuration:"+strings.Repeat("\n  %w", len(errs)), args...)
+}
+
+// checkUpstreamAddr accepts host:port or the path of a Unix socket. The socket
+// need not exist yet (the server may start later, and /readyz says so), but
+// a directory is refused with the name PostgreSQL gives its socket in it.
+func checkUpstreamAddr(s string) error {
+	network, path := wire.UpstreamNetwork(s)
+	if network == "tcp" {
+		return checkHostPort(s)
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return nil
+	case fi.IsDir():
+		return fmt.Errorf("%q is a directory: give the socket in it, such as %s", s, filepath.Join(path, ".s.PGSQL.5432"))
+	case fi.Mode()&os.ModeSocket == 0:
+		return fmt.Errorf("%q is not a Unix socket", s)
+	}
+	return nil
 }
 
 // checkHostPort accepts host:port with a numeric port; the host may be empty

@@ -102,6 +102,12 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 			},
 		},
 		{
+			// The socket need not exist yet: /readyz says when it does.
+			name: "upstream on a Unix socket",
+			args: []string{"--upstream", "/run/pg-not-started/.s.PGSQL.5432", "--upstream-sslmode", "prefer"},
+			want: func(c *config) { c.Upstream = "/run/pg-not-started/.s.PGSQL.5432"; c.UpstreamSSLMode = "prefer" },
+		},
+		{
 			name: "TLS on both legs",
 			args: []string{"--tls-cert", "c.pem", "--tls-key", "k.pem", "--upstream-sslmode", "verify-full", "--upstream-ca", "ca.pem"},
 			want: func(c *config) {
@@ -161,6 +167,11 @@ func TestConfigErrors(t *testing.T) {
 		{"listen not host:port", []string{"--listen", "6432"}, nil, []string{`--listen: "6432" is not host:port`}},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, []string{`--listen: "127.0.0.1:70000": port "70000"`}},
 		{"upstream port not a number", []string{"--upstream", "db:pg"}, nil, []string{`--upstream: "db:pg": port "pg"`}},
+		{"upstream socket directory", []string{"--upstream", "/"}, nil,
+			[]string{`--upstream: "/" is a directory: give the socket in it, such as /.s.PGSQL.5432`}},
+		{"upstream not a socket", []string{"--upstream", "/dev/null"}, nil, []string{`--upstream: "/dev/null" is not a Unix socket`}},
+		{"TLS over a Unix socket", []string{"--upstream", "/run/pg/.s.PGSQL.5432", "--upstream-sslmode", "require"}, nil,
+			[]string{"--upstream-sslmode require: PostgreSQL has no TLS on a Unix socket"}},
 		{"bad admin-listen", []string{"--admin-listen", "x"}, nil, []string{"--admin-listen:"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
