@@ -23,7 +23,9 @@
 # MODES ("simple prepared"), SCALE (pgbench scale, 10), IDLE_CONNS (1000;
 # 0 skips the idle-memory measurement of pgtrace), PGTRACE_ARGS (extra serve
 # flags), BOUNCER_FRESH (1), EXPORT (0; 1 exports every span and metric over
-# OTLP/gRPC to bench/otlpsink, a receiver that counts and discards).
+# OTLP/gRPC to bench/otlpsink, a receiver that counts and discards),
+# UPSTREAM_SOCKET (0; 1 has both proxies reach PostgreSQL over its Unix
+# socket, as when they run on the database's host; pgbench always uses TCP).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,6 +38,7 @@ IDLE_CONNS="${IDLE_CONNS:-1000}"
 PGTRACE_ARGS="${PGTRACE_ARGS:-}"
 BOUNCER_FRESH="${BOUNCER_FRESH:-1}"
 EXPORT="${EXPORT:-0}"
+UPSTREAM_SOCKET="${UPSTREAM_SOCKET:-0}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -123,13 +126,20 @@ as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 120 \
 	{ cat "$work/pgbench-init.log" >&2; exit 1; }
 
 # --- PgBouncer, session mode -------------------------------------------------
+# Where the proxies reach PostgreSQL: TCP, or its Unix socket in $work.
+bouncer_host=127.0.0.1
+pgtrace_upstream="127.0.0.1:$pg_port"
+if [ "$UPSTREAM_SOCKET" = 1 ]; then
+	bouncer_host="$work"
+	pgtrace_upstream="$work/.s.PGSQL.$pg_port"
+fi
 # start_pgbouncer NAME PORT: sets bouncer_pid (the pgbouncer process).
 start_pgbouncer() {
 	local name="$1" p="$2" dir="$work/$1"
 	mkdir -p "$dir"
 	cat >"$dir/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+postgres = host=$bouncer_host port=$pg_port dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $p
@@ -185,7 +195,7 @@ fi
 start_pgtrace() {
 	local name="$1" p="$2"
 	# shellcheck disable=SC2086 # PGTRACE_ARGS is a list of flags
-	setsid "$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "127.0.0.1:$pg_port" --admin-listen "" \
+	setsid "$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "$pgtrace_upstream" --admin-listen "" \
 		--log-level warn --max-client-connections $((IDLE_CONNS + 100)) $PGTRACE_ARGS 2>"$work/pgtrace-$name.log" &
 	pgtrace_pid=$!
 	pids+=($!)
@@ -234,7 +244,7 @@ done
 
 # --- report --------------------------------------------------------------------
 echo
-echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round; PgBouncer pool reset before each run: $BOUNCER_FRESH; OTLP export: $EXPORT"
+echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round; PgBouncer pool reset before each run: $BOUNCER_FRESH; OTLP export: $EXPORT; proxies to PostgreSQL over: $([ "$UPSTREAM_SOCKET" = 1 ] && echo "Unix socket" || echo TCP)"
 awk -F'\t' '
 function median(list,   n, a, i, j, t) {
 	n = split(list, a, " ")
