@@ -210,7 +210,7 @@ func (s *Server) probe(ctx context.Context) error {
 		dial = d.DialContext
 	}
 	s.probeRuns.Add(1)
-	network, addr := wire.UpstreamNetwork(s.Upstream)
+	network, addr := wire.Network(s.Upstream)
 	conn, err := dial(dctx, network, addr)
 	if err != nil {
 		s.probeErr = fmt.Errorf("upstream %s unreachable: %w", s.Upstream, err)

@@ -25,7 +25,7 @@ var ErrServerClosed = errors.New("wire: server closed")
 // change afterwards. A Server must not be copied after first use.
 type Server struct {
 	// Upstream is the host:port of the upstream PostgreSQL, or the path of
-	// its Unix socket (see UpstreamNetwork).
+	// its Unix socket (see Network).
 	Upstream string
 	// DialTimeout bounds connecting to the upstream, including the upstream
 	// TLS handshake. Zero means 5s.
@@ -98,15 +98,15 @@ type ConnState struct {
 
 const defaultDialTimeout = 5 * time.Second
 
-// UpstreamNetwork returns the network and address to dial for an upstream
-// given as host:port ("tcp") or as the path of a PostgreSQL Unix socket,
-// such as /var/run/postgresql/.s.PGSQL.5432 ("unix"): anything that starts
-// with "/".
-func UpstreamNetwork(upstream string) (network, address string) {
-	if strings.HasPrefix(upstream, "/") {
-		return "unix", upstream
+// Network returns the network of an address given as host:port ("tcp") or
+// as the path of a Unix socket, such as /var/run/postgresql/.s.PGSQL.5432
+// ("unix"): anything that starts with "/". Upstream and pgtrace's own
+// --listen take both forms.
+func Network(addr string) (network, address string) {
+	if strings.HasPrefix(addr, "/") {
+		return "unix", addr
 	}
-	return "tcp", upstream
+	return "tcp", addr
 }
 
 // startupTimeout bounds the startup phase of a client: TLS negotiation and
@@ -137,7 +137,7 @@ func (srv *Server) validate() error {
 	if srv.Upstream == "" {
 		return errors.New("wire: Server.Upstream is empty")
 	}
-	network, _ := UpstreamNetwork(srv.Upstream)
+	network, _ := Network(srv.Upstream)
 	if network == "tcp" {
 		if _, _, err := net.SplitHostPort(srv.Upstream); err != nil {
 			return fmt.Errorf("wire: Server.Upstream %q: %w", srv.Upstream, err)

@@ -411,7 +411,7 @@ func (srv *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, srv.dialTimeout())
 	defer cancel()
 	var d net.Dialer
-	network, addr := UpstreamNetwork(srv.Upstream)
+	network, addr := Network(srv.Upstream)
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream %s: %w", srv.Upstream, err)

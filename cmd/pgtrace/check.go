@@ -112,7 +112,7 @@ func runChecks(ctx context.Context, cc checkConfig, getenv func(string) string) 
 
 func checkUpstream(ctx context.Context, cc checkConfig) checkResult {
 	r := checkResult{Name: "upstream"}
-	network, addr := wire.UpstreamNetwork(cc.Upstream)
+	network, addr := wire.Network(cc.Upstream)
 	if cc.User == "" {
 		// No credentials: prove a PostgreSQL server answers by sending an
 		// SSLRequest, which every server answers with one byte.
@@ -200,6 +200,16 @@ func checkLoginConfig(cc checkConfig, network, addr string) (*pgconn.Config, err
 
 func checkFree(name, addr, flag string) checkResult {
 	r := checkResult{Name: name}
+	if network, path := wire.Network(addr); network == "unix" {
+		if err := unixSocketFree(path); err != nil {
+			r.Msg = fmt.Sprintf("cannot listen on %s: %v", addr, err)
+			r.Fix = fmt.Sprintf("stop what uses %s, or choose another socket with %s", addr, flag)
+			return r
+		}
+		r.OK = true
+		r.Msg = addr + " is free"
+		return r
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		r.Msg = fmt.Sprintf("cannot listen on %s: %v", addr, err)

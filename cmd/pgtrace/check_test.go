@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,6 +21,13 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
+	busySock := filepath.Join(t.TempDir(), ".s.PGSQL.6432")
+	busyUnix, err := net.Listen("unix", busySock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busyUnix.Close()
+	freeSock := filepath.Join(t.TempDir(), ".s.PGSQL.6432")
 
 	tests := []struct {
 		name     string
@@ -64,6 +72,18 @@ func TestCheck(t *testing.T) {
 			wantCode: 1,
 			want: []string{"FAIL  upstream  " + dead, "fix: start PostgreSQL there, or point --upstream",
 				"FAIL  listen    cannot listen on " + busy.Addr().String(), "fix: stop what uses"},
+		},
+		{
+			name:     "Unix socket to listen on is free",
+			args:     []string{"--upstream", pg.Addr(), "--listen", freeSock, "--admin-listen", ""},
+			wantCode: 0,
+			want:     []string{"PASS  listen    " + freeSock + " is free"},
+		},
+		{
+			name:     "Unix socket to listen on in use",
+			args:     []string{"--upstream", pg.Addr(), "--listen", busySock, "--admin-listen", ""},
+			wantCode: 1,
+			want:     []string{"FAIL  listen    cannot listen on " + busySock + ": a server already listens on this socket", "fix: stop what uses"},
 		},
 		{
 			name:     "OTLP receiver answers",

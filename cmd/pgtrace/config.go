@@ -86,7 +86,8 @@ func (c *config) flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{
 			Name: "listen", Value: "127.0.0.1:6432", Destination: &c.Listen, EnvVars: env("listen"), Category: catNetwork,
-			Usage: "`host:port` where pgtrace accepts PostgreSQL clients; point the application's DSN here",
+			Usage: "`host:port` where pgtrace accepts PostgreSQL clients, or the path of a Unix socket to create " +
+				"(name it .s.PGSQL.<port> for psql -h <dir> -p <port>); point the application's DSN here",
 		},
 		&cli.StringFlag{
 			Name: "upstream", Value: "127.0.0.1:5432", Destination: &c.Upstream, EnvVars: env("upstream"), Category: catNetwork,
@@ -191,10 +192,10 @@ func (c *config) validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if err := checkHostPort(c.Listen); err != nil {
+	if err := checkAddr(c.Listen, "6432"); err != nil {
 		bad("--listen: %w", err)
 	}
-	if err := checkUpstreamAddr(c.Upstream); err != nil {
+	if err := checkAddr(c.Upstream, "5432"); err != nil {
 		bad("--upstream: %w", err)
 	}
 	if c.AdminListen != "" {
@@ -211,7 +212,7 @@ func (c *config) validate() error {
 	if !slices.Contains(upstreamSSLs, c.UpstreamSSLMode) {
 		bad("--upstream-sslmode: %q is not one of %s", c.UpstreamSSLMode, strings.Join(upstreamSSLs, ", "))
 	}
-	if network, _ := wire.UpstreamNetwork(c.Upstream); network == "unix" && (c.UpstreamSSLMode == "require" || c.UpstreamSSLMode == "verify-full") {
+	if network, _ := wire.Network(c.Upstream); network == "unix" && (c.UpstreamSSLMode == "require" || c.UpstreamSSLMode == "verify-full") {
 		bad("--upstream-sslmode %s: PostgreSQL has no TLS on a Unix socket; use disable or prefer with --upstream %s", c.UpstreamSSLMode, c.Upstream)
 	}
 	if c.UpstreamCA != "" && c.UpstreamSSLMode != "verify-full" {
@@ -264,11 +265,12 @@ func (c *config) validate() error {
 	return fmt.Errorf("%d problems with the configuration:"+strings.Repeat("\n  %w", len(errs)), args...)
 }
 
-// checkUpstreamAddr accepts host:port or the path of a Unix socket. The socket
-// need not exist yet (the server may start later, and /readyz says so), but
-// a directory is refused with the name PostgreSQL gives its socket in it.
-func checkUpstreamAddr(s string) error {
-	network, path := wire.UpstreamNetwork(s)
+// checkAddr accepts host:port or the path of a Unix socket. The socket
+// need not exist yet (an upstream may start later, and /readyz says so;
+// --listen creates it), but a directory is refused with the name
+// PostgreSQL's clients look for in it: .s.PGSQL.<port>.
+func checkAddr(s, port string) error {
+	network, path := wire.Network(s)
 	if network == "tcp" {
 		return checkHostPort(s)
 	}
@@ -277,7 +279,7 @@ func checkUpstreamAddr(s string) error {
 	case err != nil:
 		return nil
 	case fi.IsDir():
-		return fmt.Errorf("%q is a directory: give the socket in it, such as %s", s, filepath.Join(path, ".s.PGSQL.5432"))
+		return fmt.Errorf("%q is a directory: give the socket in it, such as %s", s, filepath.Join(path, ".s.PGSQL."+port))
 	case fi.Mode()&os.ModeSocket == 0:
 		return fmt.Errorf("%q is not a Unix socket", s)
 	}

@@ -167,6 +167,8 @@ func TestConfigErrors(t *testing.T) {
 		{"listen not host:port", []string{"--listen", "6432"}, nil, []string{`--listen: "6432" is not host:port`}},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, []string{`--listen: "127.0.0.1:70000": port "70000"`}},
 		{"upstream port not a number", []string{"--upstream", "db:pg"}, nil, []string{`--upstream: "db:pg": port "pg"`}},
+		{"listen socket directory", []string{"--listen", "/"}, nil,
+			[]string{`--listen: "/" is a directory: give the socket in it, such as /.s.PGSQL.6432`}},
 		{"upstream socket directory", []string{"--upstream", "/"}, nil,
 			[]string{`--upstream: "/" is a directory: give the socket in it, such as /.s.PGSQL.5432`}},
 		{"upstream not a socket", []string{"--upstream", "/dev/null"}, nil, []string{`--upstream: "/dev/null" is not a Unix socket`}},

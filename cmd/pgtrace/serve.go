@@ -101,11 +101,11 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	}
 
 	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	ln, err := listenClients(ctx, &lc, cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	defer ln.Close() // after Serve returned this is a no-op; on early return it frees the port
+	defer ln.Close() // after Serve returned this is a no-op; on early return it frees the port or socket
 
 	adm := &admin.Server{
 		Upstream:          cfg.Upstream,
