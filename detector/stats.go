@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/hex"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dotmac/pgtrace/fingerprint"
@@ -159,7 +160,7 @@ func addBounded(set []string, v string, max int) []string {
 			return set
 		}
 	}
-	return append(set, v)
+	return append(set, strings.Clone(v)) // v may point into a statement text
 }
 
 var snapshotQuantiles = []float64{0.5, 0.95, 0.99}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -160,6 +161,9 @@ func (e *Exporter) statementSetsLocked(k setKey, op, collection, summary string,
 	if len(e.sets) >= maxCachedSets {
 		clear(e.sets)
 	}
+	// The tenant may point into the statement text (fingerprint.Analyze):
+	// the cache keeps a copy, not the text.
+	k.tenant = strings.Clone(k.tenant)
 	attrs := make([]attribute.KeyValue, 0, 10)
 	attrs = append(attrs, attrSystem, keyDBNamespace.String(k.namespace))
 	if op != "" {

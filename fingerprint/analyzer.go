@@ -116,26 +116,57 @@ func (a *Analyzer) Config() Config { return a.cfg }
 // sent it (a whole simple Query string or a Parse text). It never panics and
 // never fails: texts PostgreSQL's parser rejects get a lexer-based
 // fingerprint (Query.Fallback). Result.Queries is shared with the cache and
-// with other callers; Tags values may alias sql.
+// with other callers. Tags values and the trace state alias sql when it is
+// at most maxAliasedText bytes long, and are copies otherwise, so that a tag
+// kept for long (a tenant in a metric label set, an application in a
+// finding) never keeps a long statement text in memory with it.
 //
 // The steady state (a text whose body is cached) costs a look at the ends of
 // sql for its comments (quickScan), a hash of the body and one cache lookup;
 // sql is lexed in full only when that finds nothing. It allocates only to
-// URL-decode tag values that need it.
+// URL-decode tag values that need it and to copy those of long texts.
 func (a *Analyzer) Analyze(sql string) Result {
 	var res Result
 	// Fast path: a body the cache knows, found without lexing it.
-	if sc, ok := quickScan(sql); ok {
-		if qs, hit := a.lookup(sc.body, true); hit {
-			a.readTags(&res, &sc)
-			res.Queries = qs
-			return res
-		}
+	sc, quick := quickScan(sql)
+	hit := false
+	if quick {
+		res.Queries, hit = a.lookup(sc.body, true)
 	}
-	sc := scan(sql)
+	if !hit {
+		sc = scan(sql)
+	}
 	a.readTags(&res, &sc)
-	res.Queries = a.queries(&sc)
+	if len(sql) > maxAliasedText {
+		res.own()
+	}
+	if !hit {
+		res.Queries = a.queries(&sc)
+	}
 	return res
+}
+
+// maxAliasedText is the longest statement text whose tag values Analyze
+// returns as substrings of the text rather than as copies: short texts
+// (the usual ORM statement with its comment) cost no allocation, and a
+// kept tag holds at most this much memory.
+const maxAliasedText = 1 << 10
+
+// own makes the tag values and trace state of res copies that share no
+// memory with the text they were read from.
+func (res *Result) own() {
+	t := &res.Tags
+	for _, p := range []*string{&t.Application, &t.Route, &t.Controller, &t.Action, &t.Framework, &t.DBDriver, &t.Tenant} {
+		*p = strings.Clone(*p)
+	}
+	if t.Extra != nil {
+		extra := make(map[string]string, len(t.Extra))
+		for k, v := range t.Extra {
+			extra[strings.Clone(k)] = strings.Clone(v)
+		}
+		t.Extra = extra
+	}
+	res.Trace.TraceState = strings.Clone(res.Trace.TraceState)
 }
 
 // readTags fills the tags and trace context of res from the tag comment.
