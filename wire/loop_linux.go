@@ -51,6 +51,9 @@ type loopSide struct {
 	// waiting is true while framed bytes wait for the other socket to take
 	// them: this socket is not read until they have gone.
 	waiting bool
+	// hungUp is true when the socket hung up while waiting: it is no longer
+	// polled, and once the waiting bytes have gone it is read to its end.
+	hungUp bool
 }
 
 // loopRelay is one session in a loop.
@@ -324,23 +327,48 @@ func (l *eventLoop) handle(fd int32, ev uint32) {
 			l.finish(sd.rel, sd.other.end(err))
 			return
 		}
+		if !sd.other.waiting && sd.other.hungUp {
+			l.drain(sd.other)
+			if sd.rel.done {
+				return
+			}
+		}
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 		return
 	}
 	if sd.waiting {
-		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			// The socket is dead and not being read (its bytes wait for
-			// the other one): nothing more can pass.
-			l.finish(sd.rel, sd.end(&relayError{read: true, err: errHangUp}))
+		if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && !sd.hungUp {
+			// The peer hung up (a backend that answered a Terminate and
+			// exited, say) while this socket's bytes wait for the other
+			// one. What it sent before is still there to read, so the
+			// relay goes on: stop polling the socket, since epoll reports
+			// a hang-up whatever it is asked for, and read it to its end
+			// once the waiting bytes have gone.
+			sd.hungUp = true
+			unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, sd.fd, nil)
 		}
 		return
 	}
 	l.read(sd)
 }
 
-// errHangUp is the read error of a socket that hung up while its bytes
-// waited for the other socket.
+// drain reads a socket that hung up (see loopSide.hungUp) and passes what
+// it still held on, until its end or until the other socket is full again.
+func (l *eventLoop) drain(sd *loopSide) {
+	for !sd.rel.done && !sd.waiting {
+		in := sd.f.in
+		l.read(sd)
+		if !sd.rel.done && !sd.waiting && sd.f.in == in {
+			// Nothing to read and no end: not a socket that hung up
+			// after all. It is no longer polled, so end here.
+			l.finish(sd.rel, sd.end(&relayError{read: true, err: errHangUp}))
+		}
+	}
+}
+
+// errHangUp is the read error of a socket that hung up and then had
+// neither bytes nor an end to read.
 var errHangUp = errors.New("connection hung up")
 
 // read reads sd's socket once, frames what arrived and writes it on.

@@ -3,6 +3,9 @@ package wire
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/dotmac/pgtrace/internal/pgtest"
 )
@@ -99,6 +103,60 @@ func TestUnixSocketRefusesTLS(t *testing.T) {
 		err := srv.Serve(context.Background(), mustListen(t))
 		if err == nil || !strings.Contains(err.Error(), "no TLS on a Unix socket") {
 			t.Errorf("mode %s: Serve returned %v", mode, err)
+		}
+	}
+}
+
+// TestUpstreamHangsUpWhileClientIsSlow sends a Query and a Terminate
+// together and reads the answer only later, so that the relay waits on the
+// client with the result half passed on, and the backend, done, exits. Over
+// Unix sockets the backend's exit is a hang-up, which epoll reports however
+// much it still has to read: the client must still get the whole result.
+func TestUpstreamHangsUpWhileClientIsSlow(t *testing.T) {
+	pg := pgtest.Managed(t)
+	dir := t.TempDir()
+	l, err := net.Listen("unix", filepath.Join(dir, ".s.PGSQL.5555"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := serveProxy(t, pg, l, func(s *Server) { s.Upstream = pg.Socket() })
+	dsn := fmt.Sprintf("host=%s port=5555 user=%s password=%s dbname=%s sslmode=disable", dir, pg.User, pg.Password, pg.Database)
+	for _, rows := range []int{200, 260, 320, 3000} {
+		c := p.connectDSN(t, dsn)
+		hj, err := c.PgConn().Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := (&pgproto3.Query{String: fmt.Sprintf("select repeat('x', 1000) from generate_series(1, %d)", rows)}).Encode(nil)
+		q, _ = (&pgproto3.Terminate{}).Encode(q)
+		if _, err := hj.Conn.Write(q); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond) // the backend has answered and exited
+		hj.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		fe := pgproto3.NewFrontend(hj.Conn, hj.Conn)
+		n, tag := 0, ""
+	read:
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatalf("%d rows: after %d rows: %v", rows, n, err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				n++
+			case *pgproto3.CommandComplete:
+				tag = string(m.CommandTag)
+			case *pgproto3.ReadyForQuery:
+				break read
+			}
+		}
+		if _, err := io.ReadAll(hj.Conn); err != nil {
+			t.Errorf("%d rows: after ReadyForQuery: %v, want EOF", rows, err)
+		}
+		hj.Conn.Close()
+		if want := fmt.Sprintf("SELECT %d", rows); n != rows || tag != want {
+			t.Errorf("got %d rows and %q, want %d and %q", n, tag, rows, want)
 		}
 	}
 }
