@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -552,5 +553,56 @@ func TestMaxClientConnections(t *testing.T) {
 	// The first is unaffected.
 	if _, err := c.Exec(ctxT(t), "select 1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestQueryRightBehindStartup sends the first Query in the same write as
+// the StartupMessage (a trust login needs no answer in between): its event
+// must not be lost to the ReadyForQuery that ends the login.
+func TestQueryRightBehindStartup(t *testing.T) {
+	pg := pgtest.Managed(t)
+	p := startProxy(t, pg, nil)
+	conn, err := net.Dial("tcp", p.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+		Parameters: map[string]string{"user": pgtest.TrustUser, "database": pg.Database}}).Encode(nil)
+	b, _ = (&pgproto3.Query{String: "select 'early'"}).Encode(b)
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	fe := pgproto3.NewFrontend(conn, conn)
+	var pid uint32
+	untilReady := func() {
+		t.Helper()
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.BackendKeyData:
+				pid = m.ProcessID
+			case *pgproto3.ErrorResponse:
+				t.Fatalf("server error: %s", m.Message)
+			case *pgproto3.ReadyForQuery:
+				return
+			}
+		}
+	}
+	untilReady() // the login's
+	untilReady() // the early Query's
+	fe.Send(&pgproto3.Query{String: "select 'late', 2"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	untilReady()
+	got := p.rec.waitStmts(t, pid, 2)
+	if len(got) != 2 || got[0].Text != "select 'early'" || got[1].Text != "select 'late', 2" ||
+		got[0].CommandTag != "SELECT 1" || got[1].CommandTag != "SELECT 1" {
+		t.Errorf("statement events: %+v", got)
 	}
 }

@@ -577,13 +577,14 @@ func (bc *backendCopier) abandon(cause error) {
 
 // readyForQuery consumes requests up to the Sync, Query or FunctionCall it
 // answers (dropping Executes the server skipped after an error) and sends
-// the held events.
+// the held events. The first one answers the startup, not a request: a
+// client may send its first Query right behind the StartupMessage.
 func (bc *backendCopier) readyForQuery(tx byte) {
 	s := bc.s
 	s.mu.Lock()
 	changed := s.info.TxStatus != tx
 	s.info.TxStatus = tx
-	for s.qhead < len(s.queue) {
+	for s.ready && s.qhead < len(s.queue) {
 		k := s.queue[s.qhead].kind
 		s.queue[s.qhead] = pending{}
 		s.qhead++
