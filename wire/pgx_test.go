@@ -606,3 +606,116 @@ func TestQueryRightBehindStartup(t *testing.T) {
 		t.Errorf("statement events: %+v", got)
 	}
 }
+
+// TestExtendedCopyFromStdin runs COPY FROM STDIN through the extended
+// protocol as libpq's PQexecParams and PQputCopyEnd do: Parse, Bind,
+// Describe, Execute and Sync, then, once the server is in copy-in mode,
+// CopyData, CopyDone and a second Sync. The server ignores the first Sync,
+// so the two get one ReadyForQuery; the statements after the COPY must
+// still get their own events.
+func TestExtendedCopyFromStdin(t *testing.T) {
+	p := startProxy(t, pgtest.Start(t), nil)
+	c := p.connect(t)
+	ctx := ctxT(t)
+	pid := c.PgConn().PID()
+	if _, err := c.Exec(ctx, "create temp table ext_copy(id int)"); err != nil {
+		t.Fatal(err)
+	}
+	fe := c.PgConn().Frontend()
+	receive := func(until func(pgproto3.BackendMessage) bool) {
+		t.Helper()
+		for {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e, ok := m.(*pgproto3.ErrorResponse); ok {
+				t.Fatalf("server error: %s", e.Message)
+			}
+			if until(m) {
+				return
+			}
+		}
+	}
+	isReady := func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok }
+	fe.Send(&pgproto3.Parse{Query: "copy ext_copy from stdin"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Describe{ObjectType: 'P'})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	receive(func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.CopyInResponse); return ok })
+	fe.Send(&pgproto3.CopyData{Data: []byte("1\n2\n")})
+	fe.Send(&pgproto3.CopyDone{})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	receive(isReady)
+	after := []string{"select generate_series(1, 1)", "select generate_series(1, 2)", "select generate_series(1, 3)"}
+	for _, q := range after {
+		fe.Send(&pgproto3.Query{String: q})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		receive(isReady)
+	}
+
+	// A COPY that fails on its data: the server leaves copy-in mode with
+	// the error and discards up to the second Sync.
+	fe.Send(&pgproto3.Parse{Query: "copy ext_copy from stdin"})
+	fe.Send(&pgproto3.Bind{})
+	fe.Send(&pgproto3.Execute{})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	receive(func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.CopyInResponse); return ok })
+	fe.Send(&pgproto3.CopyData{Data: []byte("not a number\n")})
+	fe.Send(&pgproto3.CopyDone{})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	failed := false
+	for !failed {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, failed = m.(*pgproto3.ErrorResponse)
+	}
+	receive(isReady)
+	fe.Send(&pgproto3.Query{String: "select 'after the failed copy'"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	receive(isReady)
+
+	got := p.rec.waitStmts(t, pid, 7)
+	want := []struct{ text, tag string }{
+		{"create temp table ext_copy(id int)", "CREATE TABLE"},
+		{"copy ext_copy from stdin", "COPY 2"},
+		{after[0], "SELECT 1"}, {after[1], "SELECT 2"}, {after[2], "SELECT 3"},
+		{"copy ext_copy from stdin", ""},
+		{"select 'after the failed copy'", "SELECT 1"},
+	}
+	if got[5].SQLState != "22P02" {
+		t.Errorf("failed COPY: SQLSTATE %q, want 22P02", got[5].SQLState)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d statement events, want %d: %+v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		if got[i].Text != w.text || got[i].CommandTag != w.tag {
+			t.Errorf("statement %d: %q %q, want %q %q", i, got[i].Text, got[i].CommandTag, w.text, w.tag)
+		}
+	}
+	for _, cs := range p.Connections() {
+		if cs.BackendPID == pid && cs.State != "idle" {
+			t.Errorf("session state %q after the COPY, want idle", cs.State)
+		}
+	}
+}

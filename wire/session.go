@@ -48,6 +48,7 @@ type session struct {
 	statements  atomic.Int64
 	copyIn      atomic.Int64 // CopyData/CopyDone/CopyFail bytes not yet attributed
 	terminating atomic.Bool  // the client sent Terminate
+	copyingIn   atomic.Bool  // the server is in copy-in mode, which ignores Sync
 	dialStart   time.Time
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"time"
 
@@ -226,6 +227,9 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		s.push(pending{kind: pendClose})
 	case 'S':
 		fc.batch++
+		if s.copyingIn.Load() {
+			break // ignored by the server: it answers nothing (see copyInStarted)
+		}
 		s.push(pending{kind: pendSync})
 	case 'F':
 		se := fc.newStmt(ProtocolFunctionCall, "")
@@ -233,8 +237,11 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 			se.st.FunctionOID = binary.BigEndian.Uint32(body)
 		}
 		s.push(pending{kind: pendFunctionCall, ev: se})
-	case 'd', 'c', 'f':
+	case 'd':
 		s.copyIn.Add(size)
+	case 'c', 'f':
+		s.copyIn.Add(size)
+		s.copyingIn.Store(false)
 	case 'X':
 		s.terminating.Store(true)
 	}
@@ -405,9 +412,13 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 		bc.finish(OutcomeSuspended, nil, nil)
 	case 'V':
 		bc.finish(OutcomeComplete, nil, nil)
-	case 'G', 'H', 'W':
+	case 'G':
+		bc.copy = true
+		bc.s.copyInStarted()
+	case 'H', 'W':
 		bc.copy = true
 	case 'E':
+		bc.s.copyingIn.Store(false) // an error ends copy-in
 		return bc.errorResponse(body)
 	case 'Z':
 		if len(body) >= 1 {
@@ -432,6 +443,21 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 		}
 	}
 	return nil
+}
+
+// copyInStarted notes that the server entered copy-in mode. Until the
+// client's CopyDone or CopyFail, the server ignores Sync, since drivers
+// such as libpq send one behind an Execute without knowing that it runs a
+// COPY, and then another after CopyDone: the Syncs queued right behind the
+// running request, and those the client sends before its CopyDone, answer
+// nothing and must not wait for a ReadyForQuery.
+func (s *session) copyInStarted() {
+	s.mu.Lock()
+	for i := s.qhead + 1; i < len(s.queue) && s.queue[i].kind == pendSync; {
+		s.queue = slices.Delete(s.queue, i, i+1)
+	}
+	s.mu.Unlock()
+	s.copyingIn.Store(true)
 }
 
 // popIf consumes the oldest request if it is of kind k.
