@@ -44,7 +44,8 @@ type txState struct {
 	parent     trace.SpanContext
 	pending    []pendingStmt
 	statements int
-	failed     bool // an error made the transaction fail (status 'E')
+	failed     bool      // an error made the transaction fail (status 'E')
+	last       time.Time // when its latest statement ended
 }
 
 type pendingStmt struct {
@@ -86,6 +87,14 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	cs := e.connLocked(s.Conn)
 	begins, ends := txBoundary(cs.tx != nil, st, q)
 	if begins {
+		if cs.tx != nil {
+			// A BEGIN that succeeds inside a transaction only warns, but a
+			// transaction still open here is far likelier one whose end
+			// pgtrace missed (its COMMIT's event dropped by a full queue):
+			// end it where its last statement did, rather than glue every
+			// later transaction of the connection onto it.
+			e.endTxLocked(cs, cs.tx.last, "lost")
+		}
 		cs.tx = &txState{start: st.Start, conn: *s.Conn}
 	}
 	tx := cs.tx
@@ -93,6 +102,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	var parent trace.SpanContext
 	if tx != nil {
 		tx.statements++
+		tx.last = st.End
 		switch {
 		case st.TxStatus == wire.TxFailed, st.Failed() && (ends || st.TxStatus == 0):
 			tx.failed = true
@@ -115,13 +125,25 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	sc := e.spanLocked(parent, cs.base, tx, s, v)
 	e.recordLocked(e.spans.with(sc), s, v) // sampled spans become exemplars
 	if ends {
-		outcome := "commit"
-		if q.Operation == "ROLLBACK" {
-			outcome = "rollback"
+		e.endTxLocked(cs, st.End, txOutcome(st, q))
+		if isChain(q) && !st.Failed() {
+			// COMMIT AND CHAIN, ROLLBACK AND CHAIN: the next transaction
+			// starts at once.
+			cs.tx = &txState{start: st.End, conn: *s.Conn}
 		}
-		e.endTxLocked(cs, st.End, outcome)
 	}
 	return sc
+}
+
+// txOutcome is how the transaction that st ended ended.
+func txOutcome(st *wire.Statement, q *fingerprint.Query) string {
+	switch {
+	case q != nil && q.Operation == "ROLLBACK", st.Failed():
+		return "rollback"
+	case q != nil && (q.Operation == "COMMIT" || q.Operation == "PREPARE TRANSACTION"):
+		return "commit" // endTxLocked makes it rollback for a failed transaction
+	}
+	return "ended" // the session went idle without a COMMIT or ROLLBACK pgtrace saw
 }
 
 // txBoundary says whether st begins or ends a transaction, from its
@@ -129,13 +151,14 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 // a multi-statement Query, or of a pipeline up to its Sync, all carry the
 // status of the one ReadyForQuery that follows them.
 func txBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, ends bool) {
-	if q == nil {
-		return false, false
+	var op string
+	if q != nil {
+		op = q.Operation
 	}
-	switch q.Operation {
+	switch op {
 	case "BEGIN": // also START TRANSACTION
 		// A failed BEGIN begins nothing.
-		return !inTx && !st.Failed(), false
+		return !st.Failed(), false
 	case "COMMIT", "PREPARE TRANSACTION": // COMMIT also stands for END
 		// A failed COMMIT ends the transaction too: PostgreSQL rolls it back.
 		return false, inTx
@@ -146,13 +169,26 @@ func txBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, en
 		}
 		return false, inTx
 	}
-	// A statement that failed and left the session idle ended an implicit
-	// or explicit transaction: the rest of its Query or pipeline was
-	// skipped, so it is the last statement before that ReadyForQuery.
-	if inTx && st.Failed() && st.TxStatus == wire.TxIdle {
+	// A statement after which the session was idle ended the transaction,
+	// whatever pgtrace missed: a COMMIT whose event was dropped, or whose
+	// prepared text it never saw. A statement that failed and left the
+	// session idle is the last before that ReadyForQuery, since the rest
+	// of its Query or pipeline was skipped.
+	if inTx && st.TxStatus == wire.TxIdle && (st.LastInBatch || st.Failed()) {
 		return false, true
 	}
 	return false, false
+}
+
+// isChain reports whether q is COMMIT AND CHAIN or ROLLBACK AND CHAIN,
+// which start a new transaction as they end one.
+func isChain(q *fingerprint.Query) bool {
+	if q == nil || (q.Operation != "COMMIT" && q.Operation != "ROLLBACK") {
+		return false
+	}
+	f := strings.Fields(strings.ToUpper(strings.TrimRight(q.Normalized, "; \t\n")))
+	n := len(f)
+	return n >= 3 && f[n-1] == "CHAIN" && f[n-2] == "AND"
 }
 
 func isRollbackTo(normalized string) bool {

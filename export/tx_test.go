@@ -273,3 +273,102 @@ func TestTransactionEndsOnFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestTransactionEndsWhatPgtraceMissed covers transactions whose end
+// pgtrace did not see as a COMMIT or ROLLBACK, and the chained ones: each
+// must end, and no later transaction may be glued onto it.
+func TestTransactionEndsWhatPgtraceMissed(t *testing.T) {
+	none := fingerprint.TraceContext{}
+	qChain := &fingerprint.Query{Fingerprint: "00000000000000b5", Normalized: "COMMIT AND CHAIN", Summary: "COMMIT", Operation: "COMMIT"}
+	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+	// in builds a statement at sec seconds that left the session with
+	// status tx; last marks it the last of its batch.
+	in := func(q *fingerprint.Query, sec int, tx byte, last bool) *detector.Statement {
+		s := stmt(q, at(sec), time.Millisecond, none)
+		s.Stmt.TxStatus, s.Stmt.LastInBatch = tx, last
+		return s
+	}
+	unknown := in(qCommit, 2, wire.TxIdle, true)
+	unknown.Query = nil // an Execute of a statement whose Parse pgtrace never saw
+	type txWant struct {
+		start, end time.Time
+		outcome    string
+	}
+	tests := []struct {
+		name  string
+		stmts []*detector.Statement
+		want  []txWant
+		// chained: the second INSERT must be a child of the second
+		// transaction
+		chained bool
+	}{
+		{
+			name: "COMMIT lost, then an idle statement",
+			stmts: []*detector.Statement{
+				in(qBegin, 0, wire.TxInBlock, true), in(qInsert, 1, wire.TxInBlock, true),
+				in(qSelect, 10, wire.TxIdle, true),
+				in(qBegin, 3600, wire.TxInBlock, true), in(qInsert, 3601, wire.TxInBlock, true), in(qCommit, 3602, wire.TxIdle, true),
+			},
+			want: []txWant{
+				{at(0), at(10).Add(time.Millisecond), "ended"},
+				{at(3600), at(3602).Add(time.Millisecond), "commit"},
+			},
+		},
+		{
+			name: "COMMIT lost, then BEGIN",
+			stmts: []*detector.Statement{
+				in(qBegin, 0, wire.TxInBlock, true), in(qInsert, 1, wire.TxInBlock, true),
+				in(qBegin, 3600, wire.TxInBlock, true), in(qInsert, 3601, wire.TxInBlock, true), in(qCommit, 3602, wire.TxIdle, true),
+			},
+			want: []txWant{
+				{at(0), at(1).Add(time.Millisecond), "lost"},
+				{at(3600), at(3602).Add(time.Millisecond), "commit"},
+			},
+		},
+		{
+			name: "COMMIT of unknown text",
+			stmts: []*detector.Statement{
+				in(qBegin, 0, wire.TxInBlock, true), in(qInsert, 1, wire.TxInBlock, true), unknown,
+			},
+			want: []txWant{{at(0), at(2).Add(time.Millisecond), "ended"}},
+		},
+		{
+			name: "COMMIT AND CHAIN",
+			stmts: []*detector.Statement{
+				in(qBegin, 0, wire.TxInBlock, true), in(qInsert, 1, wire.TxInBlock, true),
+				in(qChain, 2, wire.TxInBlock, true), in(qInsert, 3, wire.TxInBlock, true), in(qCommit, 4, wire.TxIdle, true),
+			},
+			want: []txWant{
+				{at(0), at(2).Add(time.Millisecond), "commit"},
+				{at(2).Add(time.Millisecond), at(4).Add(time.Millisecond), "commit"},
+			},
+			chained: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clearOTelEnv(t)
+			h := newHarness(t, Config{})
+			for _, s := range tt.stmts {
+				h.e.Statement(s, detector.Verdict{})
+			}
+			txs := spansByName(h.spans.Ended())["transaction"]
+			if len(txs) != len(tt.want) {
+				t.Fatalf("%d transaction spans, want %d", len(txs), len(tt.want))
+			}
+			for i, w := range tt.want {
+				got := txs[i]
+				if !got.StartTime().Equal(w.start) || !got.EndTime().Equal(w.end) || attrMap(got.Attributes())["pgtrace.transaction.outcome"] != w.outcome {
+					t.Errorf("transaction %d: %v to %v, outcome %v; want %v to %v, %s", i,
+						got.StartTime(), got.EndTime(), attrMap(got.Attributes())["pgtrace.transaction.outcome"], w.start, w.end, w.outcome)
+				}
+			}
+			if tt.chained {
+				ins := spansByName(h.spans.Ended())["INSERT orders"]
+				if len(ins) != 2 || ins[1].Parent().SpanID() != txs[1].SpanContext().SpanID() {
+					t.Errorf("the chained transaction's INSERT is not its child")
+				}
+			}
+		})
+	}
+}

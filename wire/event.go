@@ -155,8 +155,12 @@ type Statement struct {
 	Severity     string // ErrorResponse severity (ERROR, FATAL, PANIC)
 
 	// TxStatus is the status of the ReadyForQuery that followed, or 0 when the
-	// event had to be sent before one arrived (a long pipeline).
-	TxStatus byte
+	// event had to be sent before one arrived (a long pipeline). All the
+	// statements of a Query or of a pipeline up to its Sync carry that one
+	// status; LastInBatch marks the one right before it, for which it is
+	// the status the statement left.
+	TxStatus    byte
+	LastInBatch bool
 
 	BytesIn  int64 // client→server bytes attributed to the statement
 	BytesOut int64 // server→client bytes attributed to the statement

@@ -53,8 +53,8 @@ func TestSimpleMultiStatement(t *testing.T) {
 			t.Errorf("stmt %d: tag %q rows %d outcome %d state %q; want %+v", i, g.CommandTag, g.Rows, g.Outcome, g.SQLState, w)
 		}
 		// The whole Query ran in a transaction that failed at its end.
-		if g.TxStatus != TxFailed {
-			t.Errorf("stmt %d: TxStatus %q, want %q", i, g.TxStatus, TxFailed)
+		if g.TxStatus != TxFailed || g.LastInBatch != (i == len(want)-1) {
+			t.Errorf("stmt %d: TxStatus %q, LastInBatch %v; want %q, only the last", i, g.TxStatus, g.LastInBatch, TxFailed)
 		}
 		if g.End.Before(g.Start) || g.BytesOut <= 0 {
 			t.Errorf("stmt %d: start %v end %v bytes out %d", i, g.Start, g.End, g.BytesOut)

@@ -551,6 +551,7 @@ func (bc *backendCopier) release(tx byte) int {
 	n := len(bc.held)
 	for i, se := range bc.held {
 		se.st.TxStatus = tx
+		se.st.LastInBatch = tx != 0 && i == n-1
 		bc.post(&se.ev)
 		bc.held[i] = nil
 	}
