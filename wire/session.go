@@ -227,19 +227,18 @@ func (s *session) relay() {
 		s.upstream.Close()
 		s.client.SetWriteDeadline(time.Now().Add(time.Second))
 		<-errc
-		if !be.f.midMessage {
-			s.client.SetWriteDeadline(time.Now().Add(time.Second))
-			s.writeClient(errorResponse("FATAL", "08P01", "pgtrace: "+first.err.Error()))
-		}
+		s.replyError(be, errorResponse("FATAL", "08P01", "pgtrace: "+first.err.Error()))
 		s.closeAll()
 	case first.lost:
+		// Stop the other direction first: when the write to the upstream
+		// failed, the backendCopier may still be writing to the client,
+		// and the frontendCopier may be waiting on the client.
 		s.log.Warn("upstream connection lost", "upstream", s.srv.Upstream, "err", first.err)
-		if !be.f.midMessage {
-			s.client.SetWriteDeadline(time.Now().Add(time.Second))
-			s.writeClient(errorResponse("FATAL", "08006", fmt.Sprintf("pgtrace: lost connection to upstream %s: %v", s.srv.Upstream, first.err)))
-		}
-		s.closeAll()
+		s.upstream.Close()
+		s.client.SetReadDeadline(time.Now())
 		<-errc
+		s.replyError(be, errorResponse("FATAL", "08006", fmt.Sprintf("pgtrace: lost connection to upstream %s: %v", s.srv.Upstream, first.err)))
+		s.closeAll()
 	case first.side == SideClient && first.err != nil && s.busy():
 		// The client vanished mid-query: cancel the query so the backend
 		// notices and goes away now, not when the query ends.
@@ -337,6 +336,26 @@ func (s *session) closeAll() {
 
 // writeClient writes a message of the relay's own to the client. Only for
 // when no copier writes to the client.
+// replyError writes the proxy's own ErrorResponse to the client, once
+// both relay directions have stopped, at a message boundary: after the
+// server's framed bytes that had not gone yet (the event loop may stop
+// with some waiting for the client), and not at all while a streamed
+// message is half written.
+func (s *session) replyError(be *backendCopier, msg []byte) {
+	f := be.f
+	s.client.SetWriteDeadline(time.Now().Add(time.Second))
+	if f.fw < f.r {
+		if _, err := s.client.Write(f.buf[f.fw:f.r]); err != nil {
+			s.log.Debug("write the upstream's last messages to client", "err", err)
+			return
+		}
+		f.fw = f.r
+	}
+	if !f.midMessage {
+		s.writeClient(msg)
+	}
+}
+
 func (s *session) writeClient(b []byte) {
 	if _, err := s.client.Write(b); err != nil {
 		s.log.Debug("write error response to client", "err", err)

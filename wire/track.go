@@ -141,7 +141,9 @@ func (fc *frontendCopier) end(err error) *endReason {
 	case errors.As(err, &pe):
 		r.side, r.proto = SideProxy, true
 	case errors.As(err, &re) && !re.read:
-		r.side = SideUpstream
+		// The upstream connection broke under a write: lost, as when a
+		// read from it fails, unless it was closing after Terminate.
+		r.side, r.lost = SideUpstream, !fc.s.terminating.Load()
 	case errors.Is(err, io.EOF):
 		if fc.s.terminating.Load() {
 			r.err = nil

@@ -1,0 +1,137 @@
+package wire
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/dotmac/pgtrace/internal/pgtest"
+)
+
+// TestUpstreamResetUnderWrite resets the upstream connection while the
+// client streams COPY data into it and the relay waits for room to write:
+// the write fails first. The client must get 08006, as when a read from
+// the upstream fails, and the COPY must end as failed with 08006.
+func TestUpstreamResetUnderWrite(t *testing.T) {
+	pg := pgtest.Start(t)
+	fwd := newStallingForwarder(t, pg.Addr())
+	p := startProxy(t, pg, func(s *Server) { s.Upstream = fwd.addr })
+	c := p.connect(t)
+	ctx := ctxT(t)
+	pid := c.PgConn().PID()
+	if _, err := c.Exec(ctx, "create temp table reset_copy(s text)"); err != nil {
+		t.Fatal(err)
+	}
+	// The COPY is driven by hand: pgx's CopyFrom can panic when the server
+	// ends the connection with a FATAL error mid-COPY (jackc/pgx#2364).
+	hj, err := c.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hj.Conn.Close()
+	fe := pgproto3.NewFrontend(hj.Conn, hj.Conn)
+	fe.Send(&pgproto3.Query{String: "copy reset_copy from stdin"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	hj.Conn.SetDeadline(time.Now().Add(20 * time.Second))
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m.(*pgproto3.CopyInResponse); ok {
+			break
+		}
+	}
+	row, _ := (&pgproto3.CopyData{Data: []byte(strings.Repeat("z", 1000) + "\n")}).Encode(nil)
+	go func() { // streams until the connection breaks
+		for {
+			if _, err := hj.Conn.Write(row); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // the COPY is under way
+	// Once the forwarder stops reading, its buffers fill within
+	// milliseconds and the relay waits to write upstream (it may already
+	// have been waiting, for PostgreSQL is slower than the client).
+	fwd.stall()
+	time.Sleep(500 * time.Millisecond)
+	fwd.reset()
+	m, err := fe.Receive()
+	if e, ok := m.(*pgproto3.ErrorResponse); !ok || e.Code != "08006" {
+		t.Errorf("client got %#v, %v; want ErrorResponse 08006", m, err)
+	}
+	evs := p.rec.wait(t, "ConnClosed", func(evs []Event) bool { return hasKind(evs, ConnClosed, pid) })
+	got := stmts(evs, pid)
+	if len(got) != 2 || got[1].SQLState != "08006" || got[1].Text != "copy reset_copy from stdin" {
+		t.Errorf("statement events %+v; want the COPY failed with 08006", got)
+	}
+}
+
+// stallingForwarder relays TCP connections to target; stall makes it stop
+// reading from the proxy, reset resets every connection.
+type stallingForwarder struct {
+	addr    string
+	stalled atomic.Bool
+	mu      sync.Mutex
+	conns   []*net.TCPConn
+}
+
+func newStallingForwarder(t *testing.T, target string) *stallingForwarder {
+	l := mustListen(t)
+	f := &stallingForwarder{addr: l.Addr().String()}
+	t.Cleanup(func() { l.Close(); f.reset() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns = append(f.conns, c.(*net.TCPConn), u.(*net.TCPConn))
+			f.mu.Unlock()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					for f.stalled.Load() {
+						time.Sleep(10 * time.Millisecond)
+					}
+					n, err := c.Read(buf)
+					if n > 0 {
+						u.Write(buf[:n])
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			go io.Copy(c, u)
+		}
+	}()
+	return f
+}
+
+func (f *stallingForwarder) stall() { f.stalled.Store(true) }
+
+func (f *stallingForwarder) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.SetLinger(0) // close with RST
+		c.Close()
+	}
+	f.conns = nil
+}
