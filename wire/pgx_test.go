@@ -719,3 +719,47 @@ func TestExtendedCopyFromStdin(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyEndBeforeCopyInResponse runs pgx's CopyFrom, which streams the
+// data and CopyDone right behind the Query without waiting for the
+// CopyInResponse, and then a pipeline of two extended batches: each of
+// their Syncs answers, so each statement gets its event.
+func TestCopyEndBeforeCopyInResponse(t *testing.T) {
+	p := startProxy(t, pgtest.Start(t), nil)
+	c := p.connect(t)
+	ctx := ctxT(t)
+	pid := c.PgConn().PID()
+	if _, err := c.Exec(ctx, "create temp table copy_early(id int)"); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 { // the race between CopyDone and CopyInResponse goes either way
+		if _, err := c.CopyFrom(ctx, pgx.Identifier{"copy_early"}, []string{"id"}, pgx.CopyFromRows([][]any{{1}, {2}})); err != nil {
+			t.Fatal(err)
+		}
+		fe := c.PgConn().Frontend()
+		for _, q := range []string{"select 'a'", "select 'b'"} {
+			fe.Send(&pgproto3.Parse{Query: q})
+			fe.Send(&pgproto3.Bind{})
+			fe.Send(&pgproto3.Execute{})
+			fe.Send(&pgproto3.Sync{})
+		}
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; n < 2; {
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+				n++
+			}
+		}
+		want := 1 + 3*(round+1)
+		got := p.rec.waitStmts(t, pid, want)
+		if len(got) != want || got[want-3].CommandTag != "COPY 2" ||
+			got[want-2].Text != "select 'a'" || got[want-1].Text != "select 'b'" {
+			t.Fatalf("round %d: statement events %+v", round, got)
+		}
+	}
+}

@@ -39,16 +39,21 @@ type session struct {
 	info        ConnInfo
 	queue       []pending // requests awaiting their answer, oldest at qhead
 	qhead       int
+	pushed      uint64 // requests pushed so far: the seq of the next one
 	ready       bool   // the first ReadyForQuery arrived
 	replication bool   // a replication session: relayed, not observed
 	key         []byte // BackendKeyData body (pid + secret key), for CancelRequest
 	aborted     bool
 	rel         *loopRelay // set while an event loop relays the session
+	// Copy-in (see copyInStarted): the server ignores Sync from its
+	// CopyInResponse until the client's CopyDone or CopyFail, which a
+	// client may send before it has seen the CopyInResponse.
+	copyingIn bool     // in copy-in, and the client has not ended it yet
+	copyEnds  []uint64 // the client's copy ends not yet matched: pushed at each
 
 	statements  atomic.Int64
 	copyIn      atomic.Int64 // CopyData/CopyDone/CopyFail bytes not yet attributed
 	terminating atomic.Bool  // the client sent Terminate
-	copyingIn   atomic.Bool  // the server is in copy-in mode, which ignores Sync
 	dialStart   time.Time
 }
 

@@ -57,6 +57,7 @@ const (
 // pending is a client request awaiting the backend's answer.
 type pending struct {
 	kind pendingKind
+	seq  uint64        // the order in which the client sent it
 	ev   *stmtEvent    // Query, Execute, FunctionCall: the event being built; nil once sent
 	prep *preparedStmt // Parse: the statement parsed
 }
@@ -229,10 +230,7 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		s.push(pending{kind: pendClose})
 	case 'S':
 		fc.batch++
-		if s.copyingIn.Load() {
-			break // ignored by the server: it answers nothing (see copyInStarted)
-		}
-		s.push(pending{kind: pendSync})
+		s.pushSync()
 	case 'F':
 		se := fc.newStmt(ProtocolFunctionCall, "")
 		if len(body) >= 4 {
@@ -243,7 +241,7 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		s.copyIn.Add(size)
 	case 'c', 'f':
 		s.copyIn.Add(size)
-		s.copyingIn.Store(false)
+		s.copyEnd()
 	case 'X':
 		s.terminating.Store(true)
 	}
@@ -326,11 +324,57 @@ func (fc *frontendCopier) bind(body []byte) {
 // push appends a request to the queue.
 func (s *session) push(p pending) {
 	s.mu.Lock()
+	s.pushLocked(p)
+	s.mu.Unlock()
+}
+
+func (s *session) pushLocked(p pending) {
 	if s.qhead == len(s.queue) {
 		s.queue, s.qhead = s.queue[:0], 0
 	}
+	p.seq = s.pushed
+	s.pushed++
 	s.queue = append(s.queue, p)
+}
+
+// pushSync queues a Sync, unless the server is in copy-in mode and ignores
+// it (see copyInStarted).
+func (s *session) pushSync() {
+	s.mu.Lock()
+	if !s.copyingIn {
+		s.pushLocked(pending{kind: pendSync})
+	}
 	s.mu.Unlock()
+}
+
+// maxCopyEnds bounds the copy ends kept unmatched: those of COPYs that
+// failed before copy-in, which the server ignores, until they are pruned.
+const maxCopyEnds = 16
+
+// copyEnd notes the client's CopyDone or CopyFail.
+func (s *session) copyEnd() {
+	s.mu.Lock()
+	if s.copyingIn {
+		s.copyingIn = false
+	} else {
+		s.pruneCopyEndsLocked()
+		if len(s.copyEnds) < maxCopyEnds {
+			s.copyEnds = append(s.copyEnds, s.pushed)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// pruneCopyEndsLocked drops the copy ends sent before the oldest request
+// awaiting its answer: no copy-in can start for them any more.
+func (s *session) pruneCopyEndsLocked() {
+	head := s.pushed
+	if s.qhead < len(s.queue) {
+		head = s.queue[s.qhead].seq
+	}
+	for len(s.copyEnds) > 0 && s.copyEnds[0] <= head {
+		s.copyEnds = s.copyEnds[1:]
+	}
 }
 
 // backendCopier relays upstream → client and finishes the statements.
@@ -420,7 +464,9 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 	case 'H', 'W':
 		bc.copy = true
 	case 'E':
-		bc.s.copyingIn.Store(false) // an error ends copy-in
+		bc.s.mu.Lock()
+		bc.s.copyingIn = false // an error ends copy-in
+		bc.s.mu.Unlock()
 		return bc.errorResponse(body)
 	case 'Z':
 		if len(body) >= 1 {
@@ -447,19 +493,34 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 	return nil
 }
 
-// copyInStarted notes that the server entered copy-in mode. Until the
-// client's CopyDone or CopyFail, the server ignores Sync, since drivers
-// such as libpq send one behind an Execute without knowing that it runs a
-// COPY, and then another after CopyDone: the Syncs queued right behind the
-// running request, and those the client sends before its CopyDone, answer
-// nothing and must not wait for a ReadyForQuery.
+// copyInStarted notes that the server entered copy-in mode for the oldest
+// request. Until the client's CopyDone or CopyFail the server ignores
+// Sync, since drivers such as libpq send one behind an Execute without
+// knowing that it runs a COPY, and then another after CopyDone: the Syncs
+// the client sent after that request and before its copy end answer
+// nothing and must not wait for a ReadyForQuery. The client may have sent
+// the copy end already (pgx streams the data without waiting for the
+// CopyInResponse); if not, later Syncs are not queued until it comes.
 func (s *session) copyInStarted() {
 	s.mu.Lock()
-	for i := s.qhead + 1; i < len(s.queue) && s.queue[i].kind == pendSync; {
-		s.queue = slices.Delete(s.queue, i, i+1)
+	defer s.mu.Unlock()
+	if s.qhead == len(s.queue) {
+		return
 	}
-	s.mu.Unlock()
-	s.copyingIn.Store(true)
+	s.pruneCopyEndsLocked()
+	end := s.pushed // no copy end yet: every Sync queued so far came before it
+	if len(s.copyEnds) > 0 {
+		end, s.copyEnds = s.copyEnds[0], s.copyEnds[1:]
+	} else {
+		s.copyingIn = true
+	}
+	for i := s.qhead + 1; i < len(s.queue) && s.queue[i].seq < end; {
+		if s.queue[i].kind == pendSync {
+			s.queue = slices.Delete(s.queue, i, i+1)
+		} else {
+			i++
+		}
+	}
 }
 
 // popIf consumes the oldest request if it is of kind k.
