@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"crypto/tls"
 	"io"
 	"net"
 	"strings"
@@ -134,4 +135,42 @@ func (f *stallingForwarder) reset() {
 		c.Close()
 	}
 	f.conns = nil
+}
+
+// TestUpstreamResetClientNotReading: a TLS session (relayed by goroutines,
+// not the event loop) whose client pipelines queries with large results
+// and never reads; then the upstream is reset. The write to the upstream
+// fails first, and the session must still end, though the relay's writes
+// to the client block.
+func TestUpstreamResetClientNotReading(t *testing.T) {
+	pg := pgtest.Start(t)
+	fwd := newStallingForwarder(t, pg.Addr())
+	pki := newTestPKI(t)
+	p := startProxy(t, pg, func(s *Server) {
+		s.Upstream = fwd.addr
+		s.ClientTLS = &tls.Config{Certificates: []tls.Certificate{pki.server}}
+	})
+	c := p.connectDSN(t, strings.Replace(p.dsn(p.pg.User, p.pg.Password), "sslmode=disable", "sslmode=require", 1))
+	pid := c.PgConn().PID()
+	hj, err := c.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hj.Conn.Close()
+	// Queries of 100 KB with results of 2 MB, more of both than every
+	// buffer on the way holds; the client never reads.
+	q, _ := (&pgproto3.Query{String: "select repeat('x', 100000) from generate_series(1, 20) /*" +
+		strings.Repeat("p", 100000) + "*/"}).Encode(nil)
+	go func() {
+		for range 200 {
+			if _, err := hj.Conn.Write(q); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(time.Second) // every buffer fills
+	fwd.reset()
+	start := time.Now()
+	p.rec.wait(t, "the session to end", func(evs []Event) bool { return hasKind(evs, ConnClosed, pid) })
+	t.Logf("ended %v after the reset", time.Since(start))
 }

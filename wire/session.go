@@ -236,11 +236,13 @@ func (s *session) relay() {
 		s.closeAll()
 	case first.lost:
 		// Stop the other direction first: when the write to the upstream
-		// failed, the backendCopier may still be writing to the client,
-		// and the frontendCopier may be waiting on the client.
+		// failed, the backendCopier may still be writing to the client
+		// (bounded, for a client that does not read), and the
+		// frontendCopier may be waiting on the client.
 		s.log.Warn("upstream connection lost", "upstream", s.srv.Upstream, "err", first.err)
 		s.upstream.Close()
 		s.client.SetReadDeadline(time.Now())
+		s.client.SetWriteDeadline(time.Now().Add(time.Second)) // a client that does not read
 		<-errc
 		s.replyError(be, errorResponse("FATAL", "08006", fmt.Sprintf("pgtrace: lost connection to upstream %s: %v", s.srv.Upstream, first.err)))
 		s.closeAll()
@@ -339,28 +341,37 @@ func (s *session) closeAll() {
 	}
 }
 
-// writeClient writes a message of the relay's own to the client. Only for
-// when no copier writes to the client.
 // replyError writes the proxy's own ErrorResponse to the client, once
 // both relay directions have stopped, at a message boundary: after the
 // server's framed bytes that had not gone yet (the event loop may stop
 // with some waiting for the client), and not at all while a streamed
-// message is half written.
+// message is half written. A client that does not take it within a second,
+// or that is left with half a message, is cut off: its connection closes
+// without a TLS close_notify, which would wait five seconds more.
 func (s *session) replyError(be *backendCopier, msg []byte) {
 	f := be.f
 	s.client.SetWriteDeadline(time.Now().Add(time.Second))
+	var err error
 	if f.fw < f.r {
-		if _, err := s.client.Write(f.buf[f.fw:f.r]); err != nil {
-			s.log.Debug("write the upstream's last messages to client", "err", err)
-			return
+		if _, err = s.client.Write(f.buf[f.fw:f.r]); err == nil {
+			f.fw = f.r
 		}
-		f.fw = f.r
 	}
-	if !f.midMessage {
-		s.writeClient(msg)
+	if err == nil && !f.midMessage {
+		_, err = s.client.Write(msg)
+	}
+	if err != nil {
+		s.log.Debug("write error response to client", "err", err)
+	}
+	if err != nil || f.midMessage {
+		if tc, ok := s.client.(*tls.Conn); ok {
+			tc.NetConn().Close()
+		}
 	}
 }
 
+// writeClient writes a message of the relay's own to the client. Only for
+// when no copier writes to the client.
 func (s *session) writeClient(b []byte) {
 	if _, err := s.client.Write(b); err != nil {
 		s.log.Debug("write error response to client", "err", err)
