@@ -1,14 +1,18 @@
 package observe
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -139,7 +143,21 @@ func (h *tenantHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	state.req = r2
 
 	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		// Deferred, so that a handler that panics is counted, as an
+		// error, and its span named and failed too; the panic goes on.
+		p := recover()
+		h.done(ctx, span, r, r2, sw, tenant, tenantAttr, p)
+		if p != nil {
+			panic(p)
+		}
+	}()
 	h.next.ServeHTTP(sw, r2)
+}
+
+// done accounts for a request once its handler has returned or panicked
+// with p.
+func (h *tenantHandler) done(ctx context.Context, span trace.Span, r, r2 *http.Request, sw *statusWriter, tenant string, tenantAttr attribute.KeyValue, p any) {
 	if r.Pattern == "" {
 		// Let otelhttp, which holds r, name the span and the http.route
 		// metric attribute after the pattern the ServeMux set on r2.
@@ -154,10 +172,21 @@ func (h *tenantHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs = append(attrs, semconv.HTTPRoute(route))
 		span.SetAttributes(semconv.HTTPRoute(route))
 	}
-	set := metric.WithAttributes(attrs...)
-	h.inst.requests.Add(ctx, 1, set)
-	if code := sw.code(); code >= 500 {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(code)))
+	h.inst.requests.Add(ctx, 1, metric.WithAttributes(attrs...))
+	errType := ""
+	switch {
+	case p != nil && p != http.ErrAbortHandler: // ErrAbortHandler aborts a response on purpose
+		errType = "panic"
+		span.SetStatus(codes.Error, fmt.Sprint("panic: ", p))
+		span.SetAttributes(semconv.ErrorTypeKey.String(errType))
+		if route := routeOf(r2.Pattern); route != "" {
+			span.SetName(r.Method + " " + route) // otelhttp names it only when the handler returns
+		}
+	case sw.code() >= 500:
+		errType = strconv.Itoa(sw.code())
+	}
+	if errType != "" {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
 		h.inst.errors.Add(ctx, 1, metric.WithAttributes(attrs...))
 	}
 }
@@ -219,6 +248,12 @@ func (w *statusWriter) Flush() {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack lets a handler take the connection over (a WebSocket upgrade)
+// through the middleware, as otelhttp's own writer does.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
 
 func (w *statusWriter) code() int {
 	if w.status == 0 {

@@ -230,3 +230,71 @@ func TestHandlerParentsUnderIncomingTrace(t *testing.T) {
 		t.Errorf("Tenant = %q, want from-baggage", got.Tenant)
 	}
 }
+
+// TestHandlerPanicIsCounted: a handler that panics is counted as a
+// request and an error (error.type panic), its span is named after the
+// route and failed, and the panic goes on to net/http.
+func TestHandlerPanicIsCounted(t *testing.T) {
+	tel := newTelemetry(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /panic/{id}", func(http.ResponseWriter, *http.Request) { panic("boom") })
+	h := observe.NewHandler(mux, tel.options()...)
+	req := httptest.NewRequest("GET", "/panic/7", nil)
+	req.Header.Set("x-tenant-id", "acme")
+	func() {
+		defer func() {
+			if p := recover(); p != "boom" {
+				t.Errorf("recovered %v, want the handler's panic", p)
+			}
+		}()
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	rm := tel.collect(t)
+	if diff := cmp.Diff(map[string]int64{"http.route=/panic/{id},tenant.id=acme": 1},
+		int64Sums(t, findMetric(t, rm, observe.TenantRequestsMetric))); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", observe.TenantRequestsMetric, diff)
+	}
+	if diff := cmp.Diff(map[string]int64{"error.type=panic,http.route=/panic/{id},tenant.id=acme": 1},
+		int64Sums(t, findMetric(t, rm, observe.TenantErrorsMetric))); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", observe.TenantErrorsMetric, diff)
+	}
+	spans := tel.spans.Ended()
+	if len(spans) != 1 || spans[0].Name() != "GET /panic/{id}" || spans[0].Status().Code != codes.Error {
+		for _, s := range spans {
+			t.Logf("span %q status %v", s.Name(), s.Status())
+		}
+		t.Error("want one span named after the route, with status Error")
+	}
+}
+
+// TestHandlerHijack: a handler may take the connection over through the
+// middleware, as WebSocket libraries do.
+func TestHandlerHijack(t *testing.T) {
+	tel := newTelemetry(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", func(w http.ResponseWriter, r *http.Request) {
+		hj, ok := w.(http.Hijacker) // as gorilla/websocket asks
+		if !ok {
+			http.Error(w, "not a Hijacker", http.StatusInternalServerError)
+			return
+		}
+		c, brw, err := hj.Hijack()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+	})
+	srv := httptest.NewServer(observe.NewHandler(mux, tel.options()...))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Errorf("status %d, want 101: the hijack failed", resp.StatusCode)
+	}
+}

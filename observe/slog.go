@@ -56,6 +56,10 @@ func NewLogHandler(next slog.Handler, opts ...Option) slog.Handler {
 type logHandler struct {
 	next slog.Handler
 	goas []groupOrAttrs
+	// errAttr is the last top-level "error" attribute given through
+	// WithAttrs (logger.With("error", err)): it marks the span as one on
+	// the record does.
+	errAttr *slog.Value
 }
 
 type groupOrAttrs struct {
@@ -72,23 +76,30 @@ func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 		return h
 	}
 	if len(h.goas) == 0 {
-		return &logHandler{next: h.next.WithAttrs(attrs)}
+		nh := &logHandler{next: h.next.WithAttrs(attrs), errAttr: h.errAttr}
+		for _, a := range attrs {
+			if a.Key == LogErrorKey {
+				v := a.Value
+				nh.errAttr = &v
+			}
+		}
+		return nh
 	}
-	return &logHandler{next: h.next, goas: append(h.goas[:len(h.goas):len(h.goas)], groupOrAttrs{attrs: attrs})}
+	return &logHandler{next: h.next, goas: append(h.goas[:len(h.goas):len(h.goas)], groupOrAttrs{attrs: attrs}), errAttr: h.errAttr}
 }
 
 func (h *logHandler) WithGroup(name string) slog.Handler {
 	if name == "" {
 		return h
 	}
-	return &logHandler{next: h.next, goas: append(h.goas[:len(h.goas):len(h.goas)], groupOrAttrs{group: name})}
+	return &logHandler{next: h.next, goas: append(h.goas[:len(h.goas):len(h.goas)], groupOrAttrs{group: name}), errAttr: h.errAttr}
 }
 
 func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 	span := trace.SpanFromContext(ctx)
 	sc := span.SpanContext()
 	if r.Level >= slog.LevelError && span.IsRecording() {
-		markSpanFromRecord(span, r)
+		markSpanFromRecord(span, r, h.errAttr)
 	}
 
 	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
@@ -130,19 +141,28 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 // markSpanFromRecord sets span's status to Error when r has an "error"
-// attribute.
-func markSpanFromRecord(span trace.Span, r slog.Record) {
+// attribute, or else when the logger was given one (with, if not nil).
+func markSpanFromRecord(span trace.Span, r slog.Record, with *slog.Value) {
+	var v slog.Value
+	found := with != nil
+	if found {
+		v = *with
+	}
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key != LogErrorKey {
 			return true
 		}
-		v := a.Value.Resolve()
-		typ, msg := semconv.ErrorTypeOther.Value.AsString(), r.Message
-		if err, ok := v.Any().(error); ok && v.Kind() == slog.KindAny {
-			typ, msg = errorType(err), err.Error()
-		}
-		span.SetStatus(codes.Error, msg)
-		span.SetAttributes(semconv.ErrorTypeKey.String(typ))
+		v, found = a.Value, true
 		return false
 	})
+	if !found {
+		return
+	}
+	v = v.Resolve()
+	typ, msg := semconv.ErrorTypeOther.Value.AsString(), r.Message
+	if err, ok := v.Any().(error); ok && v.Kind() == slog.KindAny {
+		typ, msg = errorType(err), err.Error()
+	}
+	span.SetStatus(codes.Error, msg)
+	span.SetAttributes(semconv.ErrorTypeKey.String(typ))
 }

@@ -98,6 +98,15 @@ func TestLogHandlerErrorMarksSpan(t *testing.T) {
 		{"warn with error attr", func(ctx context.Context) {
 			log.WarnContext(ctx, "retrying", "error", errors.New("x"))
 		}, codes.Unset, "", ""},
+		{"error attr given to the logger", func(ctx context.Context) {
+			log.With("error", errors.New("lost the order")).WithGroup("g").ErrorContext(ctx, "charge failed", "n", 1)
+		}, codes.Error, "lost the order", "*errors.errorString"},
+		{"the record's error attr wins", func(ctx context.Context) {
+			log.With("error", errors.New("older")).ErrorContext(ctx, "charge failed", "error", errors.New("newer"))
+		}, codes.Error, "newer", "*errors.errorString"},
+		{"error attr in a group does not count", func(ctx context.Context) {
+			log.WithGroup("g").With("error", errors.New("x")).ErrorContext(ctx, "charge failed")
+		}, codes.Unset, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, span := tel.tp.Tracer("test").Start(context.Background(), tc.name)
