@@ -324,3 +324,39 @@ func TestRegisterOnServer(t *testing.T) {
 		}
 	}
 }
+
+// TestResetRefusesCrossSite sends POST /api/reset as a form on another web
+// site makes the operator's browser send it: it must not reset anything.
+// The page's own request (same origin) and one from curl (no browser
+// headers) are served.
+func TestResetRefusesCrossSite(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		want    int
+	}{
+		{"cross-site form", map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site",
+			"Content-Type": "application/x-www-form-urlencoded"}, http.StatusForbidden},
+		{"cross-origin, older browser", map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
+		{"the admin page", map[string]string{"Origin": "http://127.0.0.1:9187", "Sec-Fetch-Site": "same-origin"}, http.StatusOK},
+		{"curl", nil, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := fakeData(time.Now())
+			srv := &Server{}
+			RegisterAPI(srv, d, nil)
+			req := httptest.NewRequest("POST", "http://127.0.0.1:9187/api/reset", nil)
+			for k, v := range tc.headers {
+				req.Header.Set(k, v)
+			}
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Fatalf("POST /api/reset: %d %s, want %d", rec.Code, strings.TrimSpace(rec.Body.String()), tc.want)
+			}
+			if reset := d.Stats().Fingerprints == 0; reset != (tc.want == http.StatusOK) {
+				t.Errorf("statistics reset: %v", reset)
+			}
+		})
+	}
+}

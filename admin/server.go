@@ -60,6 +60,7 @@ type Server struct {
 
 	initOnce sync.Once
 	mux      *http.ServeMux
+	handler  http.Handler // mux behind cross-origin protection
 	httpSrv  *http.Server
 
 	// ready is closed by MarkReady, stopping by MarkStopping; each once.
@@ -82,8 +83,13 @@ func (s *Server) init() {
 		s.mux.HandleFunc("GET /healthz", s.healthz)
 		s.mux.HandleFunc("GET /readyz", s.readyz)
 		s.mux.HandleFunc("GET /metrics", s.metrics)
+		// A web page the operator opens elsewhere must not make their
+		// browser POST here (say, /api/reset): state-changing requests
+		// that a browser marks as cross-site are refused. Tools such as
+		// curl send no such marks and are served.
+		s.handler = http.NewCrossOriginProtection().Handler(s.mux)
 		s.httpSrv = &http.Server{
-			Handler:           s.mux,
+			Handler:           s.handler,
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn),
 		}
@@ -109,7 +115,7 @@ func (s *Server) Handle(pattern string, h http.Handler) {
 // Server without a listener.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
-	s.mux.ServeHTTP(w, r)
+	s.handler.ServeHTTP(w, r)
 }
 
 // Serve accepts admin HTTP connections on l until Shutdown. It returns
