@@ -68,6 +68,14 @@ address and how to fix each failure, and exits 1 when anything failed.`,
 				Usage: "time allowed for each probe"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				// Flags after a stray word would go unread: refuse, rather
+				// than check the defaults.
+				return usageError(fmt.Errorf("check takes no arguments, got %q (give the upstream as --upstream)", c.Args().Slice()))
+			}
+			if cc.Timeout <= 0 {
+				return usageError(fmt.Errorf("--timeout: must be positive, got %v", cc.Timeout))
+			}
 			results := runChecks(c.Context, cc, os.Getenv)
 			if n := printChecks(c.App.Writer, results); n > 0 {
 				return &exitError{code: 1, err: fmt.Errorf("%d of %d checks failed", n, len(results))}
@@ -227,6 +235,9 @@ type otlpTarget struct {
 	Protocol string // grpc or http/protobuf
 	Endpoint string // as configured
 	Insecure bool
+	// Signal is true when Endpoint came from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+	// which OTLP/HTTP uses as given; the general endpoint gets /v1/traces.
+	Signal bool
 }
 
 func otlpFromEnv(getenv func(string) string) (otlpTarget, bool) {
@@ -242,7 +253,7 @@ func otlpFromEnv(getenv func(string) string) (otlpTarget, bool) {
 	}
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
 		if v := getenv(k); v != "" {
-			t.Endpoint = v
+			t.Endpoint, t.Signal = v, k == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 			break
 		}
 	}
@@ -316,7 +327,7 @@ func probeOTLPHTTP(ctx context.Context, t otlpTarget) checkResult {
 			endpoint = "http://" + t.Endpoint
 		}
 	}
-	if !strings.HasSuffix(endpoint, "/v1/traces") {
+	if !t.Signal && !strings.HasSuffix(endpoint, "/v1/traces") {
 		endpoint = strings.TrimSuffix(endpoint, "/") + "/v1/traces"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(""))

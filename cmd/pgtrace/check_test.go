@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
@@ -131,6 +135,48 @@ func TestCheck(t *testing.T) {
 			}
 			if tc.wantCode != 0 && !strings.Contains(stderr.String(), "checks failed") {
 				t.Errorf("stderr lacks the failure count: %q", stderr.String())
+			}
+		})
+	}
+}
+
+// TestCheckRefusesArguments: flags after a stray word go unread, so check
+// must refuse it rather than check the defaults.
+func TestCheckRefusesArguments(t *testing.T) {
+	for _, args := range [][]string{{"db.internal:5432"}, {"stray", "--upstream", "127.0.0.1:1"}, {"--timeout", "0s"}} {
+		var stdout, stderr bytes.Buffer
+		code := execute(context.Background(), append([]string{"pgtrace", "check", "--listen", "", "--admin-listen", ""}, args...),
+			strings.NewReader(""), &stdout, &stderr)
+		if code != 2 || stdout.Len() != 0 {
+			t.Errorf("check %q: exit %d, stdout %q, stderr %q; want exit 2 and no checks run", args, code, stdout.String(), stderr.String())
+		}
+	}
+}
+
+// TestCheckSignalEndpointPath: OTLP/HTTP uses a signal-specific endpoint
+// (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) as given, and the general one with
+// /v1/traces appended; check must probe the same URL the exporter uses.
+func TestCheckSignalEndpointPath(t *testing.T) {
+	var paths []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths = append(paths, r.URL.Path)
+		if r.URL.Path != "/otlp/traces" && r.URL.Path != "/base/v1/traces" {
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct{ key, endpoint string }{
+		{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", srv.URL + "/otlp/traces"},
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL + "/base"},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+			t.Setenv(tc.key, tc.endpoint)
+			r := checkOTLP(context.Background(), 5*time.Second, os.Getenv)
+			if !r.OK {
+				t.Errorf("%s=%s: %s (paths probed: %q)", tc.key, tc.endpoint, r.Msg, paths)
 			}
 		})
 	}

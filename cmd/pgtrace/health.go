@@ -40,6 +40,9 @@ func healthCommand() *cli.Command {
 			if c.NArg() > 0 {
 				return usageError(fmt.Errorf("health takes no arguments, got %q", c.Args().Slice()))
 			}
+			if timeout <= 0 {
+				return usageError(fmt.Errorf("--timeout: must be positive, got %v", timeout))
+			}
 			url, err := healthURL(adminAddr, ready)
 			if err != nil {
 				return usageError(err)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/dotmac/pgtrace/wire"
@@ -53,8 +54,13 @@ func unixSocketFree(path string) error {
 		return errors.New("the file exists and is not a Unix socket")
 	}
 	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
 		return nil // left behind by a process that is gone
+	case err != nil:
+		// A live server with a full backlog (EAGAIN), or no permission:
+		// not a socket to take away.
+		return fmt.Errorf("the socket exists and cannot be checked: %w", err)
 	}
 	c.Close()
 	return errors.New("a server already listens on this socket")

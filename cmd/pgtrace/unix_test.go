@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,5 +119,41 @@ func TestUnixSocketListen(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left after shutdown: %v", err)
+	}
+}
+
+// TestListenKeepsBusyLiveSocket: a live server whose accept backlog is
+// full answers a dial with EAGAIN rather than ECONNREFUSED. Its socket is
+// not stale and must not be taken away.
+func TestListenKeepsBusyLiveSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), ".s.PGSQL.6432")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // fill the backlog
+		if c, err := net.Dial("unix", path); err == nil {
+			defer c.Close()
+		}
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lc net.ListenConfig
+	l, err := listenClients(context.Background(), &lc, path)
+	if err == nil {
+		l.Close()
+		t.Fatal("listenClients took a live server's socket")
+	}
+	if after, err := os.Stat(path); err != nil || !os.SameFile(before, after) {
+		t.Errorf("the live server's socket was replaced or removed: %v", err)
 	}
 }
