@@ -95,7 +95,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 			// later transaction of the connection onto it.
 			e.endTxLocked(cs, cs.tx.last, "lost")
 		}
-		cs.tx = &txState{start: st.Start, conn: *s.Conn}
+		cs.tx = &txState{start: st.Start, last: st.Start, conn: *s.Conn}
 	}
 	tx := cs.tx
 
@@ -129,7 +129,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 		if isChain(q) && !st.Failed() {
 			// COMMIT AND CHAIN, ROLLBACK AND CHAIN: the next transaction
 			// starts at once.
-			cs.tx = &txState{start: st.End, conn: *s.Conn}
+			cs.tx = &txState{start: st.End, last: st.End, conn: *s.Conn}
 		}
 	}
 	return sc

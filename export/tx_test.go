@@ -344,6 +344,20 @@ func TestTransactionEndsWhatPgtraceMissed(t *testing.T) {
 			},
 			chained: true,
 		},
+		{
+			// BEGIN inside the chained transaction only warns; pgtrace ends
+			// the chained one there, at its start.
+			name: "COMMIT AND CHAIN, then BEGIN",
+			stmts: []*detector.Statement{
+				in(qBegin, 0, wire.TxInBlock, true), in(qChain, 1, wire.TxInBlock, true),
+				in(qBegin, 2, wire.TxInBlock, true), in(qCommit, 3, wire.TxIdle, true),
+			},
+			want: []txWant{
+				{at(0), at(1).Add(time.Millisecond), "commit"},
+				{at(1).Add(time.Millisecond), at(1).Add(time.Millisecond), "lost"},
+				{at(2), at(3).Add(time.Millisecond), "commit"},
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
