@@ -16,7 +16,7 @@
 //	GET  /partners/report             partners with customer counts and commission totals, one query
 //	GET  /partners/report-n-plus-one  the same answer with a query per partner (a deliberate N+1)
 //	GET  /partners/{id}               one partner with its customers
-//	POST /partners/{id}/commissions   record a commission {"customer_id":1,"base":"1000.00","rate":"0.1"}
+//	POST /partners/{id}/commissions   record a commission {"customer_id":1,"base":1000,"rate":0.1}
 //	GET  /debug/observability         trace_id, span_id and sampled of the request
 package main
 
