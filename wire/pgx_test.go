@@ -763,3 +763,83 @@ func TestCopyEndBeforeCopyInResponse(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedOrSkippedParseAndClose: the relay applies a Parse or Close to
+// the names of prepared statements when the client sends it, so that the
+// Binds behind it find their text; when the server refuses or skips it,
+// the names must be as the server has them.
+func TestRefusedOrSkippedParseAndClose(t *testing.T) {
+	type (
+		P = pgproto3.Parse
+		B = pgproto3.Bind
+		E = pgproto3.Execute
+		S = pgproto3.Sync
+		C = pgproto3.Close
+	)
+	for _, tc := range []struct {
+		name  string
+		steps [][]pgproto3.FrontendMessage // each ends with a Sync
+		want  string                       // the text of the last execution
+	}{
+		{"Parse of a name in use (42P05)", [][]pgproto3.FrontendMessage{
+			{&P{Name: "s", Query: "select 'first'"}, &S{}},
+			{&P{Name: "s", Query: "select 'second'"}, &S{}},
+			{&B{PreparedStatement: "s"}, &E{}, &S{}},
+		}, "select 'first'"},
+		{"Close skipped after an error", [][]pgproto3.FrontendMessage{
+			{&P{Name: "s", Query: "select 'kept'"}, &S{}},
+			{&P{Query: "select 1/0"}, &B{}, &E{}, &C{ObjectType: 'S', Name: "s"}, &S{}},
+			{&B{PreparedStatement: "s"}, &E{}, &S{}},
+		}, "select 'kept'"},
+		{"unnamed Parse skipped after an error", [][]pgproto3.FrontendMessage{
+			{&P{Query: "select 'A'"}, &S{}},
+			{&B{PreparedStatement: "nosuch"}, &P{Query: "select 'B'"}, &S{}},
+			{&B{}, &E{}, &S{}},
+		}, "select 'A'"},
+		{"Parse with a syntax error", [][]pgproto3.FrontendMessage{
+			{&P{Name: "t", Query: "select 'good'"}, &S{}},
+			{&C{ObjectType: 'S', Name: "t"}, &P{Name: "t", Query: "selec 'bad'"}, &S{}},
+			{&P{Name: "t", Query: "select 'good again'"}, &B{PreparedStatement: "t"}, &E{}, &S{}},
+		}, "select 'good again'"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProxy(t, pgtest.Start(t), nil)
+			c := p.connect(t)
+			fe := c.PgConn().Frontend()
+			for _, step := range tc.steps {
+				for _, m := range step {
+					fe.Send(m)
+				}
+				if err := fe.Flush(); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					m, err := fe.Receive()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+						break
+					}
+				}
+			}
+			evs := p.rec.wait(t, "the last execution", func(evs []Event) bool {
+				for _, st := range stmts(evs, c.PgConn().PID()) {
+					if st.CommandTag == "SELECT 1" {
+						return true
+					}
+				}
+				return false
+			})
+			var got *Statement
+			for _, st := range stmts(evs, c.PgConn().PID()) {
+				if st.CommandTag == "SELECT 1" {
+					got = &st
+				}
+			}
+			if got.Text != tc.want {
+				t.Errorf("the execution's text %q, want %q", got.Text, tc.want)
+			}
+		})
+	}
+}

@@ -44,7 +44,8 @@ type session struct {
 	replication bool   // a replication session: relayed, not observed
 	key         []byte // BackendKeyData body (pid + secret key), for CancelRequest
 	aborted     bool
-	rel         *loopRelay // set while an event loop relays the session
+	rel         *loopRelay      // set while an event loop relays the session
+	fe          *frontendCopier // its prepared statement names are under mu
 	// Copy-in (see copyInStarted): the server ignores Sync from its
 	// CopyInResponse until the client's CopyDone or CopyFail, which a
 	// client may send before it has seen the CopyInResponse.

@@ -60,6 +60,10 @@ type pending struct {
 	seq  uint64        // the order in which the client sent it
 	ev   *stmtEvent    // Query, Execute, FunctionCall: the event being built; nil once sent
 	prep *preparedStmt // Parse: the statement parsed
+	// prev is, for a Parse, the statement its name had before and, for a
+	// Close of a statement, the statement closed: what undoLocked puts
+	// back when the server skips or refuses the request.
+	prev *preparedStmt
 }
 
 // stmtEvent is an Event and its Statement in one allocation.
@@ -113,7 +117,9 @@ type frontendCopier struct {
 }
 
 func newFrontendCopier(s *session) *frontendCopier {
-	return &frontendCopier{s: s, f: newFramer(s.client, s.upstream, frontendWhole)}
+	fc := &frontendCopier{s: s, f: newFramer(s.client, s.upstream, frontendWhole)}
+	s.fe = fc
+	return fc
 }
 
 // copyToBackend is the client → upstream relay goroutine.
@@ -173,10 +179,15 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 	case 'P':
 		name, rest, _ := cstring(body)
 		query, _, _ := cstring(rest)
-		s.push(pending{kind: pendParse, prep: fc.parse(name, query)})
+		s.mu.Lock() // the statement names: see undoLocked
+		prep, prev := fc.parse(name, query)
+		s.pushLocked(pending{kind: pendParse, prep: prep, prev: prev})
+		s.mu.Unlock()
 	case 'B':
+		s.mu.Lock()
 		fc.bind(body)
-		s.push(pending{kind: pendBind})
+		s.pushLocked(pending{kind: pendBind})
+		s.mu.Unlock()
 	case 'D':
 		s.push(pending{kind: pendDescribe})
 	case 'E':
@@ -210,15 +221,14 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		}
 		s.push(pending{kind: pendExecute, ev: se})
 	case 'C':
+		var closed *preparedStmt
+		s.mu.Lock()
 		if len(body) > 0 {
 			name, _, _ := cstring(body[1:])
 			switch body[0] {
 			case 'S':
-				if len(name) == 0 {
-					fc.unnamed = nil
-				} else {
-					delete(fc.stmts, string(name))
-				}
+				closed = fc.stmt(string(name))
+				fc.setStmt(string(name), nil)
 			case 'P':
 				if len(name) == 0 {
 					fc.unnamedPortal = nil
@@ -227,7 +237,8 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 				}
 			}
 		}
-		s.push(pending{kind: pendClose})
+		s.pushLocked(pending{kind: pendClose, prev: closed})
+		s.mu.Unlock()
 	case 'S':
 		fc.batch++
 		s.pushSync()
@@ -264,28 +275,57 @@ func (fc *frontendCopier) newStmt(p Protocol, text string) *stmtEvent {
 
 // parse records a Parse. The text is copied out of the read buffer, unless
 // the statement already has exactly this text.
-func (fc *frontendCopier) parse(name, query []byte) *preparedStmt {
-	var old *preparedStmt
-	if len(name) == 0 {
-		old = fc.unnamed
-	} else {
-		old = fc.stmts[string(name)]
-	}
+func (fc *frontendCopier) parse(name, query []byte) (p, old *preparedStmt) {
+	old = fc.stmt(string(name))
 	if old != nil && old.text == string(query) {
 		old.batch, old.execd = fc.batch, false
-		return old
+		return old, old
 	}
-	p := &preparedStmt{text: string(query), batch: fc.batch}
-	if len(name) == 0 {
+	p = &preparedStmt{name: string(name), text: string(query), batch: fc.batch}
+	if len(name) > 0 && len(fc.stmts) >= maxPrepared {
+		fc.stmts = nil
+	}
+	fc.setStmt(p.name, p)
+	return p, old
+}
+
+// stmt is the prepared statement called name ("" is the unnamed one).
+func (fc *frontendCopier) stmt(name string) *preparedStmt {
+	if name == "" {
+		return fc.unnamed
+	}
+	return fc.stmts[name]
+}
+
+// setStmt names p (nil: forgets the name).
+func (fc *frontendCopier) setStmt(name string, p *preparedStmt) {
+	switch {
+	case name == "":
 		fc.unnamed = p
-		return p
+	case p == nil:
+		delete(fc.stmts, name)
+	default:
+		if fc.stmts == nil {
+			fc.stmts = make(map[string]*preparedStmt)
+		}
+		fc.stmts[name] = p
 	}
-	if fc.stmts == nil || len(fc.stmts) >= maxPrepared {
-		fc.stmts = make(map[string]*preparedStmt)
+}
+
+// undoLocked reverts what the client's Parse or Close p did to the names
+// of prepared statements, once the server has refused it (42P05, a syntax
+// error) or skipped it after an earlier error in its batch. The
+// frontendCopier applied it when the client sent it, for the Binds behind
+// it; a later Parse or Close of the same name stays. s.mu is held.
+func (s *session) undoLocked(p *pending) {
+	fc := s.fe
+	switch {
+	case fc == nil:
+	case p.kind == pendParse && p.prep != p.prev && fc.stmt(p.prep.name) == p.prep:
+		fc.setStmt(p.prep.name, p.prev)
+	case p.kind == pendClose && p.prev != nil && fc.stmt(p.prev.name) == nil:
+		fc.setStmt(p.prev.name, p.prev)
 	}
-	p.name = string(name)
-	fc.stmts[p.name] = p
-	return p
 }
 
 // bind records which statement a portal runs. body may be only a prefix of
@@ -299,12 +339,7 @@ func (fc *frontendCopier) bind(body []byte) {
 	if !ok {
 		return
 	}
-	var prep *preparedStmt
-	if len(sname) == 0 {
-		prep = fc.unnamed
-	} else {
-		prep = fc.stmts[string(sname)]
-	}
+	prep := fc.stmt(string(sname))
 	if len(pname) == 0 {
 		fc.unnamedPortal = prep
 		return
@@ -676,6 +711,9 @@ func (bc *backendCopier) readyForQuery(tx byte) {
 	s.info.TxStatus = tx
 	for s.ready && s.qhead < len(s.queue) {
 		k := s.queue[s.qhead].kind
+		// A Parse or Close still queued here got no ParseComplete or
+		// CloseComplete: the server refused or skipped it.
+		s.undoLocked(&s.queue[s.qhead])
 		s.queue[s.qhead] = pending{}
 		s.qhead++
 		if k == pendSync || k == pendQuery || k == pendFunctionCall {
@@ -735,6 +773,7 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 		if s.queue[i].kind == pendExecute {
 			se = s.queue[i].ev
 			for ; s.qhead <= i; s.qhead++ {
+				s.undoLocked(&s.queue[s.qhead]) // failed or skipped
 				s.queue[s.qhead] = pending{}
 			}
 			break
