@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -407,6 +408,9 @@ type forwarder struct {
 	wg    sync.WaitGroup // the copy goroutines
 	// toUpstream and fromUpstream record the bytes of all connections.
 	toUpstream, fromUpstream lockedBuffer
+	// stalled, once set, stops the reading from the proxy, so that what
+	// it writes upstream piles up in the buffers on the way.
+	stalled atomic.Bool
 }
 
 type lockedBuffer struct {
@@ -446,7 +450,7 @@ func newForwarder(t *testing.T, target string) *forwarder {
 			f.wg.Add(2)
 			go func() {
 				defer f.wg.Done()
-				io.Copy(u, io.TeeReader(c, &f.toUpstream))
+				io.Copy(u, io.TeeReader(stallReader{c, &f.stalled}, &f.toUpstream))
 				u.(*net.TCPConn).CloseWrite()
 			}()
 			go func() {
@@ -459,7 +463,20 @@ func newForwarder(t *testing.T, target string) *forwarder {
 	return f
 }
 
-// cut closes every forwarded connection abruptly.
+// stallReader reads r except while stalled is set.
+type stallReader struct {
+	r       io.Reader
+	stalled *atomic.Bool
+}
+
+func (s stallReader) Read(b []byte) (int, error) {
+	for s.stalled.Load() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s.r.Read(b)
+}
+
+// cut closes every forwarded connection abruptly (with a reset).
 func (f *forwarder) cut() {
 	for {
 		select {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dotmac/pgtrace/internal/pgtest"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -225,4 +226,30 @@ func startPeakSampler() func() uint64 {
 		}
 	}()
 	return func() uint64 { close(stop); return <-res }
+}
+
+// send writes msgs to the server through fe.
+func send(t *testing.T, fe *pgproto3.Frontend, msgs ...pgproto3.FrontendMessage) {
+	t.Helper()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// receiveUntil reads from fe until a message of type M arrives, and
+// returns it. Messages before it, ErrorResponses included, are skipped.
+func receiveUntil[M pgproto3.BackendMessage](t *testing.T, fe *pgproto3.Frontend) M {
+	t.Helper()
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, ok := m.(M); ok {
+			return want
+		}
+	}
 }

@@ -2,11 +2,7 @@ package wire
 
 import (
 	"crypto/tls"
-	"io"
-	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,7 +17,7 @@ import (
 // the upstream fails, and the COPY must end as failed with 08006.
 func TestUpstreamResetUnderWrite(t *testing.T) {
 	pg := pgtest.Start(t)
-	fwd := newStallingForwarder(t, pg.Addr())
+	fwd := newForwarder(t, pg.Addr())
 	p := startProxy(t, pg, func(s *Server) { s.Upstream = fwd.addr })
 	c := p.connect(t)
 	ctx := ctxT(t)
@@ -37,20 +33,9 @@ func TestUpstreamResetUnderWrite(t *testing.T) {
 	}
 	defer hj.Conn.Close()
 	fe := pgproto3.NewFrontend(hj.Conn, hj.Conn)
-	fe.Send(&pgproto3.Query{String: "copy reset_copy from stdin"})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	hj.Conn.SetDeadline(time.Now().Add(20 * time.Second))
-	for {
-		m, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := m.(*pgproto3.CopyInResponse); ok {
-			break
-		}
-	}
+	send(t, fe, &pgproto3.Query{String: "copy reset_copy from stdin"})
+	receiveUntil[*pgproto3.CopyInResponse](t, fe)
 	row, _ := (&pgproto3.CopyData{Data: []byte(strings.Repeat("z", 1000) + "\n")}).Encode(nil)
 	go func() { // streams until the connection breaks
 		for {
@@ -63,9 +48,9 @@ func TestUpstreamResetUnderWrite(t *testing.T) {
 	// Once the forwarder stops reading, its buffers fill within
 	// milliseconds and the relay waits to write upstream (it may already
 	// have been waiting, for PostgreSQL is slower than the client).
-	fwd.stall()
+	fwd.stalled.Store(true)
 	time.Sleep(500 * time.Millisecond)
-	fwd.reset()
+	fwd.cut()
 	m, err := fe.Receive()
 	if e, ok := m.(*pgproto3.ErrorResponse); !ok || e.Code != "08006" {
 		t.Errorf("client got %#v, %v; want ErrorResponse 08006", m, err)
@@ -77,66 +62,6 @@ func TestUpstreamResetUnderWrite(t *testing.T) {
 	}
 }
 
-// stallingForwarder relays TCP connections to target; stall makes it stop
-// reading from the proxy, reset resets every connection.
-type stallingForwarder struct {
-	addr    string
-	stalled atomic.Bool
-	mu      sync.Mutex
-	conns   []*net.TCPConn
-}
-
-func newStallingForwarder(t *testing.T, target string) *stallingForwarder {
-	l := mustListen(t)
-	f := &stallingForwarder{addr: l.Addr().String()}
-	t.Cleanup(func() { l.Close(); f.reset() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, c.(*net.TCPConn), u.(*net.TCPConn))
-			f.mu.Unlock()
-			go func() {
-				buf := make([]byte, 4096)
-				for {
-					for f.stalled.Load() {
-						time.Sleep(10 * time.Millisecond)
-					}
-					n, err := c.Read(buf)
-					if n > 0 {
-						u.Write(buf[:n])
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-			go io.Copy(c, u)
-		}
-	}()
-	return f
-}
-
-func (f *stallingForwarder) stall() { f.stalled.Store(true) }
-
-func (f *stallingForwarder) reset() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.conns {
-		c.SetLinger(0) // close with RST
-		c.Close()
-	}
-	f.conns = nil
-}
-
 // TestUpstreamResetClientNotReading: a TLS session (relayed by goroutines,
 // not the event loop) whose client pipelines queries with large results
 // and never reads; then the upstream is reset. The write to the upstream
@@ -144,7 +69,7 @@ func (f *stallingForwarder) reset() {
 // to the client block.
 func TestUpstreamResetClientNotReading(t *testing.T) {
 	pg := pgtest.Start(t)
-	fwd := newStallingForwarder(t, pg.Addr())
+	fwd := newForwarder(t, pg.Addr())
 	pki := newTestPKI(t)
 	p := startProxy(t, pg, func(s *Server) {
 		s.Upstream = fwd.addr
@@ -169,7 +94,7 @@ func TestUpstreamResetClientNotReading(t *testing.T) {
 		}
 	}()
 	time.Sleep(time.Second) // every buffer fills
-	fwd.reset()
+	fwd.cut()
 	start := time.Now()
 	p.rec.wait(t, "the session to end", func(evs []Event) bool { return hasKind(evs, ConnClosed, pid) })
 	t.Logf("ended %v after the reset", time.Since(start))

@@ -575,31 +575,11 @@ func TestQueryRightBehindStartup(t *testing.T) {
 		t.Fatal(err)
 	}
 	fe := pgproto3.NewFrontend(conn, conn)
-	var pid uint32
-	untilReady := func() {
-		t.Helper()
-		for {
-			m, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			switch m := m.(type) {
-			case *pgproto3.BackendKeyData:
-				pid = m.ProcessID
-			case *pgproto3.ErrorResponse:
-				t.Fatalf("server error: %s", m.Message)
-			case *pgproto3.ReadyForQuery:
-				return
-			}
-		}
-	}
-	untilReady() // the login's
-	untilReady() // the early Query's
-	fe.Send(&pgproto3.Query{String: "select 'late', 2"})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	untilReady()
+	pid := receiveUntil[*pgproto3.BackendKeyData](t, fe).ProcessID
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe) // the login's
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe) // the early Query's
+	send(t, fe, &pgproto3.Query{String: "select 'late', 2"})
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 	got := p.rec.waitStmts(t, pid, 2)
 	if len(got) != 2 || got[0].Text != "select 'early'" || got[1].Text != "select 'late', 2" ||
 		got[0].CommandTag != "SELECT 1" || got[1].CommandTag != "SELECT 1" {
@@ -622,77 +602,26 @@ func TestExtendedCopyFromStdin(t *testing.T) {
 		t.Fatal(err)
 	}
 	fe := c.PgConn().Frontend()
-	receive := func(until func(pgproto3.BackendMessage) bool) {
-		t.Helper()
-		for {
-			m, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if e, ok := m.(*pgproto3.ErrorResponse); ok {
-				t.Fatalf("server error: %s", e.Message)
-			}
-			if until(m) {
-				return
-			}
-		}
-	}
-	isReady := func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.ReadyForQuery); return ok }
-	fe.Send(&pgproto3.Parse{Query: "copy ext_copy from stdin"})
-	fe.Send(&pgproto3.Bind{})
-	fe.Send(&pgproto3.Describe{ObjectType: 'P'})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	receive(func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.CopyInResponse); return ok })
-	fe.Send(&pgproto3.CopyData{Data: []byte("1\n2\n")})
-	fe.Send(&pgproto3.CopyDone{})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	receive(isReady)
+	send(t, fe, &pgproto3.Parse{Query: "copy ext_copy from stdin"}, &pgproto3.Bind{},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	receiveUntil[*pgproto3.CopyInResponse](t, fe)
+	send(t, fe, &pgproto3.CopyData{Data: []byte("1\n2\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 	after := []string{"select generate_series(1, 1)", "select generate_series(1, 2)", "select generate_series(1, 3)"}
 	for _, q := range after {
-		fe.Send(&pgproto3.Query{String: q})
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		receive(isReady)
+		send(t, fe, &pgproto3.Query{String: q})
+		receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 	}
 
 	// A COPY that fails on its data: the server leaves copy-in mode with
 	// the error and discards up to the second Sync.
-	fe.Send(&pgproto3.Parse{Query: "copy ext_copy from stdin"})
-	fe.Send(&pgproto3.Bind{})
-	fe.Send(&pgproto3.Execute{})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	receive(func(m pgproto3.BackendMessage) bool { _, ok := m.(*pgproto3.CopyInResponse); return ok })
-	fe.Send(&pgproto3.CopyData{Data: []byte("not a number\n")})
-	fe.Send(&pgproto3.CopyDone{})
-	fe.Send(&pgproto3.Sync{})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	failed := false
-	for !failed {
-		m, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, failed = m.(*pgproto3.ErrorResponse)
-	}
-	receive(isReady)
-	fe.Send(&pgproto3.Query{String: "select 'after the failed copy'"})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	receive(isReady)
+	send(t, fe, &pgproto3.Parse{Query: "copy ext_copy from stdin"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	receiveUntil[*pgproto3.CopyInResponse](t, fe)
+	send(t, fe, &pgproto3.CopyData{Data: []byte("not a number\n")}, &pgproto3.CopyDone{}, &pgproto3.Sync{})
+	receiveUntil[*pgproto3.ErrorResponse](t, fe)
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe)
+	send(t, fe, &pgproto3.Query{String: "select 'after the failed copy'"})
+	receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 
 	got := p.rec.waitStmts(t, pid, 7)
 	want := []struct{ text, tag string }{
@@ -737,24 +666,10 @@ func TestCopyEndBeforeCopyInResponse(t *testing.T) {
 			t.Fatal(err)
 		}
 		fe := c.PgConn().Frontend()
-		for _, q := range []string{"select 'a'", "select 'b'"} {
-			fe.Send(&pgproto3.Parse{Query: q})
-			fe.Send(&pgproto3.Bind{})
-			fe.Send(&pgproto3.Execute{})
-			fe.Send(&pgproto3.Sync{})
-		}
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		for n := 0; n < 2; {
-			m, err := fe.Receive()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
-				n++
-			}
-		}
+		send(t, fe, &pgproto3.Parse{Query: "select 'a'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Parse{Query: "select 'b'"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		receiveUntil[*pgproto3.ReadyForQuery](t, fe)
+		receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 		want := 1 + 3*(round+1)
 		got := p.rec.waitStmts(t, pid, want)
 		if len(got) != want || got[want-3].CommandTag != "COPY 2" ||
@@ -807,21 +722,8 @@ func TestRefusedOrSkippedParseAndClose(t *testing.T) {
 			c := p.connect(t)
 			fe := c.PgConn().Frontend()
 			for _, step := range tc.steps {
-				for _, m := range step {
-					fe.Send(m)
-				}
-				if err := fe.Flush(); err != nil {
-					t.Fatal(err)
-				}
-				for {
-					m, err := fe.Receive()
-					if err != nil {
-						t.Fatal(err)
-					}
-					if _, ok := m.(*pgproto3.ReadyForQuery); ok {
-						break
-					}
-				}
+				send(t, fe, step...)
+				receiveUntil[*pgproto3.ReadyForQuery](t, fe)
 			}
 			evs := p.rec.wait(t, "the last execution", func(evs []Event) bool {
 				for _, st := range stmts(evs, c.PgConn().PID()) {
