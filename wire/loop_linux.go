@@ -19,11 +19,10 @@ import (
 // sessions, the way PgBouncer does: a few goroutines each wait on an epoll
 // set for all their sessions' sockets and, when one is readable, read it
 // once, frame what arrived and write it on, with no goroutine hand-off in
-// between. The
-// per-session copier goroutines cost a netpoll wake-up, a scheduler hand-off
-// and an extra read that finds nothing for every message batch; on a
-// virtual machine, where each of those is a costly trap, that doubled the
-// relay's CPU per round trip (bench/RESULTS.md).
+// between. The per-session copier goroutines cost a netpoll wake-up, a
+// scheduler hand-off and an extra read that finds nothing for every message
+// batch; on a virtual machine, where each of those is a costly trap, that
+// doubled the relay's CPU per round trip (bench/RESULTS.md).
 //
 // A session joins a loop after its startup packet went upstream and leaves
 // it at its first end (EOF, error, protocol error), when the loop hands the
@@ -101,11 +100,11 @@ func nextLoop() (*eventLoop, error) {
 }
 
 // startLoopRelay moves the session's relay onto an event loop when both of
-// its connections are plain sockets (TCP or Unix, not TLS). It reports false when the session must use
-// the copier goroutines; then the session's connections are untouched. The
-// loop sends two end reasons on errc, the first one the real one, after it
-// has let go of the sockets; takeBack must run before the session touches
-// its connections again.
+// its connections are plain sockets (TCP or Unix, not TLS). It reports
+// false when the session must use the copier goroutines; then the
+// session's connections are untouched. The loop sends two end reasons on
+// errc, the first one the real one, after it has let go of the sockets;
+// takeBack must run before the session touches its connections again.
 func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc chan<- *endReason) bool {
 	if s.replication {
 		return false

@@ -363,6 +363,7 @@ func (s *session) push(p pending) {
 	s.mu.Unlock()
 }
 
+// pushLocked is push with s.mu held. It numbers the request (seq).
 func (s *session) pushLocked(p pending) {
 	if s.qhead == len(s.queue) {
 		s.queue, s.qhead = s.queue[:0], 0
