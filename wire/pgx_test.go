@@ -695,35 +695,68 @@ func TestRefusedOrSkippedParseAndClose(t *testing.T) {
 		name  string
 		steps [][]pgproto3.FrontendMessage // each ends with a Sync
 		want  string                       // the text of the last execution
+		// pipeline sends the steps between the first and the last in one
+		// write, before any answer
+		pipeline bool
 	}{
 		{"Parse of a name in use (42P05)", [][]pgproto3.FrontendMessage{
 			{&P{Name: "s", Query: "select 'first'"}, &S{}},
 			{&P{Name: "s", Query: "select 'second'"}, &S{}},
 			{&B{PreparedStatement: "s"}, &E{}, &S{}},
-		}, "select 'first'"},
+		}, "select 'first'", false},
 		{"Close skipped after an error", [][]pgproto3.FrontendMessage{
 			{&P{Name: "s", Query: "select 'kept'"}, &S{}},
 			{&P{Query: "select 1/0"}, &B{}, &E{}, &C{ObjectType: 'S', Name: "s"}, &S{}},
 			{&B{PreparedStatement: "s"}, &E{}, &S{}},
-		}, "select 'kept'"},
+		}, "select 'kept'", false},
 		{"unnamed Parse skipped after an error", [][]pgproto3.FrontendMessage{
 			{&P{Query: "select 'A'"}, &S{}},
 			{&B{PreparedStatement: "nosuch"}, &P{Query: "select 'B'"}, &S{}},
 			{&B{}, &E{}, &S{}},
-		}, "select 'A'"},
+		}, "select 'A'", false},
 		{"Parse with a syntax error", [][]pgproto3.FrontendMessage{
 			{&P{Name: "t", Query: "select 'good'"}, &S{}},
 			{&C{ObjectType: 'S', Name: "t"}, &P{Name: "t", Query: "selec 'bad'"}, &S{}},
 			{&P{Name: "t", Query: "select 'good again'"}, &B{PreparedStatement: "t"}, &E{}, &S{}},
-		}, "select 'good again'"},
+		}, "select 'good again'", false},
+		{"pipelined refusals, undone newest last", [][]pgproto3.FrontendMessage{
+			{&P{Name: "s", Query: "select 'first'"}, &S{}},
+			{&P{Name: "s", Query: "select 'second'"}, &S{}},                                     // 42P05
+			{&P{Query: "select 1/0"}, &B{}, &E{}, &P{Name: "s", Query: "select 'third'"}, &S{}}, // skipped
+			{&P{Name: "s", Query: "selec 'fourth'"}, &S{}},                                      // 42601
+			{&B{PreparedStatement: "s"}, &E{}, &S{}},
+		}, "select 'first'", true},
+		{"the same text parsed again behind a skipped Parse", [][]pgproto3.FrontendMessage{
+			{&P{Query: "select 'before'"}, &S{}},
+			{&P{Query: "select 1/0"}, &B{}, &E{}, &P{Query: "select 'again'"}, &S{}}, // skipped
+			{&P{Query: "select 'again'"}, &B{}, &E{}, &S{}},
+			{&S{}},
+		}, "select 'again'", true},
+		{"pipelined Close and Parse, both skipped", [][]pgproto3.FrontendMessage{
+			{&P{Name: "s", Query: "select 'kept'"}, &S{}},
+			{&P{Query: "select 1/0"}, &B{}, &E{}, &C{ObjectType: 'S', Name: "s"}, &P{Name: "s", Query: "select 'new'"}, &S{}},
+			{&B{PreparedStatement: "s"}, &E{}, &S{}},
+		}, "select 'kept'", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startProxy(t, pgtest.Start(t), nil)
 			c := p.connect(t)
 			fe := c.PgConn().Frontend()
-			for _, step := range tc.steps {
-				send(t, fe, step...)
-				receiveUntil[*pgproto3.ReadyForQuery](t, fe)
+			batches := tc.steps
+			if tc.pipeline {
+				var mid []pgproto3.FrontendMessage
+				for _, step := range tc.steps[1 : len(tc.steps)-1] {
+					mid = append(mid, step...)
+				}
+				batches = [][]pgproto3.FrontendMessage{tc.steps[0], mid, tc.steps[len(tc.steps)-1]}
+			}
+			for _, b := range batches {
+				send(t, fe, b...)
+				for _, m := range b {
+					if _, ok := m.(*S); ok {
+						receiveUntil[*pgproto3.ReadyForQuery](t, fe)
+					}
+				}
 			}
 			evs := p.rec.wait(t, "the last execution", func(evs []Event) bool {
 				for _, st := range stmts(evs, c.PgConn().PID()) {

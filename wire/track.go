@@ -60,20 +60,23 @@ type pending struct {
 	seq  uint64        // the order in which the client sent it
 	ev   *stmtEvent    // Query, Execute, FunctionCall: the event being built; nil once sent
 	prep *preparedStmt // Parse: the statement parsed
-	// prev is, for a Parse, the statement its name had before and, for a
-	// Close of a statement, the statement closed: what undoLocked puts
-	// back when the server skips or refuses the request.
-	prev *preparedStmt
+	// ver is the version of a statement name that a Parse or a Close
+	// made (see preparedStmt.prev), nil when it changed none.
+	ver *preparedStmt
 }
 
 // stmtEvent is an Event and its Statement in one allocation.
 type stmtEvent struct {
 	ev Event
 	st Statement
+	// prep is, for an Execute, the version of the statement it runs as the
+	// client's messages had it when they were sent (see complete).
+	prep *preparedStmt
 }
 
-// preparedStmt is a statement the client parsed. Only the frontendCopier
-// touches it.
+// preparedStmt is a statement the client parsed, made by the
+// frontendCopier; its version fields are under session.mu, or, once its
+// Parse or Close is queued, the backendCopier's.
 type preparedStmt struct {
 	name  string
 	text  string
@@ -81,6 +84,14 @@ type preparedStmt struct {
 	// execd and execBatch record the first Execute after the Parse.
 	execd     bool
 	execBatch uint64
+
+	// A name's versions, newest in the map: each Parse of a new text, and
+	// each Close (closed), makes one when the client sends it, for the
+	// Binds behind it. prev is the version it replaced, until the server
+	// confirms it (confirmed: ParseComplete, CloseComplete); undone marks
+	// one the server refused or skipped. Under session.mu.
+	prev                      *preparedStmt
+	closed, confirmed, undone bool
 }
 
 type portal struct {
@@ -179,9 +190,9 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 	case 'P':
 		name, rest, _ := cstring(body)
 		query, _, _ := cstring(rest)
-		s.mu.Lock() // the statement names: see undoLocked
-		prep, prev := fc.parse(name, query)
-		s.pushLocked(pending{kind: pendParse, prep: prep, prev: prev})
+		s.mu.Lock() // the statement names: see preparedStmt.prev
+		prep, ver := fc.parse(name, query)
+		s.pushLocked(pending{kind: pendParse, prep: prep, ver: ver})
 		s.mu.Unlock()
 	case 'B':
 		s.mu.Lock()
@@ -204,6 +215,7 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		se := fc.newStmt(ProtocolExtended, "")
 		se.st.PortalName = portalName
 		if prep != nil {
+			se.prep = prep
 			se.st.Text = prep.text
 			se.st.StatementName = prep.name
 			// A comment in the text parents the executions of its own
@@ -221,14 +233,16 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		}
 		s.push(pending{kind: pendExecute, ev: se})
 	case 'C':
-		var closed *preparedStmt
+		var ver *preparedStmt
 		s.mu.Lock()
 		if len(body) > 0 {
 			name, _, _ := cstring(body[1:])
 			switch body[0] {
 			case 'S':
-				closed = fc.stmt(string(name))
-				fc.setStmt(string(name), nil)
+				if cur := fc.stmt(string(name)); cur != nil {
+					ver = &preparedStmt{name: cur.name, closed: true, prev: fc.version(cur.name)}
+					fc.setVersion(cur.name, ver)
+				}
 			case 'P':
 				if len(name) == 0 {
 					fc.unnamedPortal = nil
@@ -237,7 +251,7 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 				}
 			}
 		}
-		s.pushLocked(pending{kind: pendClose, prev: closed})
+		s.pushLocked(pending{kind: pendClose, ver: ver})
 		s.mu.Unlock()
 	case 'S':
 		fc.batch++
@@ -275,57 +289,96 @@ func (fc *frontendCopier) newStmt(p Protocol, text string) *stmtEvent {
 
 // parse records a Parse. The text is copied out of the read buffer, unless
 // the statement already has exactly this text.
-func (fc *frontendCopier) parse(name, query []byte) (p, old *preparedStmt) {
-	old = fc.stmt(string(name))
-	if old != nil && old.text == string(query) {
+func (fc *frontendCopier) parse(name, query []byte) (p, ver *preparedStmt) {
+	old := fc.stmt(string(name))
+	same := old != nil && old.text == string(query)
+	if same && old.confirmed {
 		old.batch, old.execd = fc.batch, false
-		return old, old
+		return old, nil
 	}
-	p = &preparedStmt{name: string(name), text: string(query), batch: fc.batch}
+	// A new version, even for the same text when the server has not
+	// confirmed the old one yet: the old one's Parse may still be refused
+	// or skipped, and this one's succeed.
+	text := string(query)
+	if same {
+		text = old.text
+	}
+	p = &preparedStmt{name: string(name), text: text, batch: fc.batch, prev: fc.version(string(name))}
 	if len(name) > 0 && len(fc.stmts) >= maxPrepared {
 		fc.stmts = nil
 	}
-	fc.setStmt(p.name, p)
-	return p, old
+	fc.setVersion(p.name, p)
+	return p, p
 }
 
-// stmt is the prepared statement called name ("" is the unnamed one).
+// stmt is the prepared statement called name ("" is the unnamed one), or
+// nil when there is none or it is closed.
 func (fc *frontendCopier) stmt(name string) *preparedStmt {
+	if v := fc.version(name); v != nil && !v.closed {
+		return v
+	}
+	return nil
+}
+
+// version is name's newest version, a closed one included.
+func (fc *frontendCopier) version(name string) *preparedStmt {
 	if name == "" {
 		return fc.unnamed
 	}
 	return fc.stmts[name]
 }
 
-// setStmt names p (nil: forgets the name).
-func (fc *frontendCopier) setStmt(name string, p *preparedStmt) {
+// setVersion makes v name's newest version (nil: forgets the name).
+func (fc *frontendCopier) setVersion(name string, v *preparedStmt) {
 	switch {
 	case name == "":
-		fc.unnamed = p
-	case p == nil:
+		fc.unnamed = v
+	case v == nil:
 		delete(fc.stmts, name)
 	default:
 		if fc.stmts == nil {
 			fc.stmts = make(map[string]*preparedStmt)
 		}
-		fc.stmts[name] = p
+		fc.stmts[name] = v
 	}
 }
 
-// undoLocked reverts what the client's Parse or Close p did to the names
-// of prepared statements, once the server has refused it (42P05, a syntax
-// error) or skipped it after an earlier error in its batch. The
-// frontendCopier applied it when the client sent it, for the Binds behind
-// it; a later Parse or Close of the same name stays. s.mu is held.
-func (s *session) undoLocked(p *pending) {
-	fc := s.fe
-	switch {
-	case fc == nil:
-	case p.kind == pendParse && p.prep != p.prev && fc.stmt(p.prep.name) == p.prep:
-		fc.setStmt(p.prep.name, p.prev)
-	case p.kind == pendClose && p.prev != nil && fc.stmt(p.prev.name) == nil:
-		fc.setStmt(p.prev.name, p.prev)
+// confirmLocked notes that the server did p, a Parse or Close: its
+// version can no longer be undone, nor can those before it. s.mu is held.
+func (s *session) confirmLocked(p *pending) {
+	v := p.ver
+	if v == nil || s.fe == nil {
+		return
 	}
+	v.prev, v.confirmed = nil, true
+	if v.closed && s.fe.version(v.name) == v {
+		s.fe.setVersion(v.name, nil)
+	}
+}
+
+// undoLocked reverts what p, a Parse or Close that the server refused
+// (42P05, a syntax error) or skipped after an earlier error in its batch,
+// did to its statement name: when its version is still the newest, the
+// name goes back to the newest version before it that was not undone too.
+// Requests pipelined behind p may have made versions of their own, and
+// may be undone later. s.mu is held.
+func (s *session) undoLocked(p *pending) {
+	v := p.ver
+	if v == nil || s.fe == nil {
+		return
+	}
+	v.undone = true
+	if s.fe.version(v.name) != v {
+		return
+	}
+	r := v.prev
+	for r != nil && r.undone {
+		r = r.prev
+	}
+	if r != nil && r.closed && r.confirmed {
+		r = nil
+	}
+	s.fe.setVersion(v.name, r)
 }
 
 // bind records which statement a portal runs. body may be only a prefix of
@@ -563,6 +616,7 @@ func (s *session) copyInStarted() {
 func (s *session) popIf(k pendingKind) {
 	s.mu.Lock()
 	if s.qhead < len(s.queue) && s.queue[s.qhead].kind == k {
+		s.confirmLocked(&s.queue[s.qhead])
 		s.queue[s.qhead] = pending{}
 		s.qhead++
 	}
@@ -612,6 +666,20 @@ func (bc *backendCopier) finish(o Outcome, tag []byte, e *pgproto3.ErrorResponse
 // ReadyForQuery.
 func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag []byte, e *pgproto3.ErrorResponse) {
 	st := &se.st
+	if v := se.prep; v != nil && v.undone && o != OutcomeError {
+		// The client pipelined the Execute behind a Parse that the server
+		// refused or skipped, and the server ran the version before it.
+		// (When the Execute failed, the client's text stays: the error is
+		// most likely that Parse's.)
+		for v != nil && v.undone {
+			v = v.prev
+		}
+		st.Text = ""
+		if v != nil && !v.closed {
+			st.Text = v.text
+		}
+	}
+	se.prep = nil
 	st.End = now
 	st.Outcome = o
 	switch o {
