@@ -553,9 +553,6 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 	case 'H', 'W':
 		bc.copy = true
 	case 'E':
-		bc.s.mu.Lock()
-		bc.s.copyingIn = false // an error ends copy-in
-		bc.s.mu.Unlock()
 		return bc.errorResponse(body)
 	case 'Z':
 		if len(body) >= 1 {
@@ -815,6 +812,7 @@ func (bc *backendCopier) errorResponse(body []byte) error {
 	}
 	s := bc.s
 	s.mu.Lock()
+	s.copyingIn = false // an error ends copy-in
 	if !s.ready {
 		s.mu.Unlock()
 		bc.post(&Event{Kind: ConnAuthFailed, ConnectDuration: time.Since(s.dialStart),
