@@ -470,11 +470,35 @@ func analyzeStatement(text string, stmt *pg.Node) *Query {
 	if stmt != nil {
 		q.Operation = statementOperation(stmt, text)
 		q.Tables = statementTables(stmt)
+		if stmt.GetPrepareStmt() != nil {
+			if body, ok := prepareBody(text); ok {
+				q.Body = analyzeStatement(body, nil)
+			}
+		}
 	} else {
 		q.Operation = lexOperation(text)
 	}
 	q.finish()
 	return q
+}
+
+// prepareBody returns the statement of PREPARE name [(types)] AS statement:
+// the text after the AS at parenthesis depth 0.
+func prepareBody(text string) (string, bool) {
+	l := lexer{s: text}
+	depth := 0
+	for t := l.next(); t.kind != tkEOF; t = l.next() {
+		switch {
+		case t.kind == tkOther && text[t.start] == '(':
+			depth++
+		case t.kind == tkOther && text[t.start] == ')':
+			depth--
+		case t.kind == tkIdent && depth == 0 && strings.EqualFold(text[t.start:t.end], "as"):
+			body := strings.TrimSpace(text[t.end:])
+			return body, body != ""
+		}
+	}
+	return "", false
 }
 
 // fallbackQuery analyzes a statement pg_query rejected with the lexer.

@@ -528,3 +528,28 @@ func TestCacheByShape(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareBody: a PREPARE's Query holds the analysis of the statement
+// after its AS, which is what an EXECUTE of the name runs.
+func TestPrepareBody(t *testing.T) {
+	a := New(Config{})
+	for _, tt := range []struct{ sql, body string }{
+		{"PREPARE q (int, numeric(10,2)) AS SELECT * FROM users WHERE id = $1", "SELECT * FROM users WHERE id = $1"},
+		{"prepare q as\n  update users set name = $1 where id = 2 /*traceparent='x'*/", "update users set name = $1 where id = 2"},
+		{"PREPARE \"as\" AS DELETE FROM users", "DELETE FROM users"},
+	} {
+		res := a.Analyze(tt.sql)
+		q := res.Query(0)
+		want := a.Analyze(tt.body)
+		if q == nil || q.Operation != "PREPARE" || q.Body == nil {
+			t.Fatalf("%q: %+v, want a PREPARE with a body", tt.sql, q)
+		}
+		if w := want.Query(0); q.Body.Fingerprint != w.Fingerprint || q.Body.Summary != w.Summary || q.Body.Normalized != w.Normalized {
+			t.Errorf("%q: body %+v, want %+v", tt.sql, q.Body, w)
+		}
+	}
+	res := a.Analyze("EXECUTE q(1)")
+	if q := res.Query(0); q.Body != nil {
+		t.Errorf("EXECUTE has a body: %+v", q.Body)
+	}
+}

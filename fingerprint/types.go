@@ -44,6 +44,10 @@ type Query struct {
 	ParseError  string // why pg_query could not parse it; "" when it did
 	Fallback    bool   // Fingerprint and Normalized come from the lexer fallback
 	Truncated   bool   // longer than Config.MaxStatementLength: not parsed
+	// Body is, for a PREPARE, the statement after its AS: what an EXECUTE
+	// of the name runs, and is counted as (as pg_stat_statements counts
+	// it). Nil for anything else.
+	Body *Query
 }
 
 // Result is the analysis of one SQL text as sent by a client.
