@@ -44,6 +44,7 @@ const (
 	keySlow               = attribute.Key("pgtrace.slow")
 	keyNPlusOne           = attribute.Key("pgtrace.n_plus_one")
 	keyNPlusOneCount      = attribute.Key("pgtrace.n_plus_one.count")
+	keyFetches            = attribute.Key("pgtrace.fetches") // Executes of a portal fetched in parts
 	keySlowThresholdMs    = attribute.Key("pgtrace.slow_threshold_ms")
 	keyDurationMs         = attribute.Key("pgtrace.duration_ms")
 	keyKeep               = attribute.Key("pgtrace.keep") // see keepSampler

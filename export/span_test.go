@@ -79,7 +79,9 @@ func TestStatementSpanMatchesSDK(t *testing.T) {
 			})
 		}
 	}
-	t.Run("in a transaction, linked to a second traceparent", func(t *testing.T) {
+	// A statement whose own parent is not its transaction's is a child of
+	// its own, where its findings are, and links to the transaction.
+	t.Run("in a transaction, under a second traceparent", func(t *testing.T) {
 		clearOTelEnv(t)
 		t.Setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "")
 		h := newHarness(t, Config{KeepSlowSpans: true})
@@ -96,8 +98,8 @@ func TestStatementSpanMatchesSDK(t *testing.T) {
 		h.e.mu.Unlock()
 		ended := h.spans.Ended()
 		got := tracetest.SpanStubFromReadOnlySpan(ended[len(ended)-1])
-		if len(got.Links) != 1 {
-			t.Fatalf("links = %v, want the statement's own traceparent", got.Links)
+		if len(got.Links) != 1 || !got.Links[0].SpanContext.Equal(tx) {
+			t.Fatalf("links = %v, want the transaction span", got.Links)
 		}
 		compareSpans(t, got, sdkStatementSpan(t, h.e, s, detector.Verdict{}, tx))
 	})
@@ -106,7 +108,7 @@ func TestStatementSpanMatchesSDK(t *testing.T) {
 // sdkStatementSpan records s's span through an SDK tracer of the exporter's
 // resource, scope and (environment) span limits, the way the exporter did
 // before statement spans bypassed the Tracer. txSpan, if valid, is the open
-// transaction's span, the parent.
+// transaction's span, which the span links to.
 func sdkStatementSpan(t *testing.T, e *Exporter, s *detector.Statement, v detector.Verdict, txSpan trace.SpanContext) tracetest.SpanStub {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
@@ -119,11 +121,10 @@ func sdkStatementSpan(t *testing.T, e *Exporter, s *detector.Statement, v detect
 	st := s.Stmt
 	ctx := context.Background()
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(st.Start)}
-	switch {
-	case txSpan.IsValid():
-		ctx = trace.ContextWithSpanContext(ctx, txSpan)
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: remoteSpanContext(s.Parent)}))
-	case s.Parent.IsValid():
+	if txSpan.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: txSpan}))
+	}
+	if s.Parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, remoteSpanContext(s.Parent))
 	}
 	switch {

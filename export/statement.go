@@ -85,7 +85,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	}
 
 	cs := e.connLocked(s.Conn)
-	begins, ends := txBoundary(cs.tx != nil, st, q)
+	begins, ends := detector.TxBoundary(cs.tx != nil, st, q)
 	if begins {
 		if cs.tx != nil {
 			// A BEGIN that succeeds inside a transaction only warns, but a
@@ -99,7 +99,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	}
 	tx := cs.tx
 
-	var parent trace.SpanContext
+	var parent, link trace.SpanContext
 	if tx != nil {
 		tx.statements++
 		tx.last = st.End
@@ -118,15 +118,24 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 			e.openTxLocked(tx, s.Parent)
 		}
 		parent = tx.span.SpanContext()
+		if s.Parent.IsValid() {
+			// A statement whose own text brought another parent than its
+			// transaction's (a named statement prepared for another
+			// request) goes where the pipeline put it, as its findings
+			// do, linked to the transaction.
+			if sc := remoteSpanContext(s.Parent); !sc.Equal(tx.parent) {
+				parent, link = sc, tx.span.SpanContext()
+			}
+		}
 	} else if s.Parent.IsValid() {
 		parent = remoteSpanContext(s.Parent)
 	}
 
-	sc := e.spanLocked(parent, cs.base, tx, s, v)
+	sc := e.spanLocked(parent, link, cs.base, s, v)
 	e.recordLocked(e.spans.with(sc), s, v) // sampled spans become exemplars
 	if ends {
 		e.endTxLocked(cs, st.End, txOutcome(st, q))
-		if isChain(q) && !st.Failed() {
+		if detector.TxChains(q) && !st.Failed() {
 			// COMMIT AND CHAIN, ROLLBACK AND CHAIN: the next transaction
 			// starts at once.
 			cs.tx = &txState{start: st.End, last: st.End, conn: *s.Conn}
@@ -144,61 +153,6 @@ func txOutcome(st *wire.Statement, q *fingerprint.Query) string {
 		return "commit" // endTxLocked makes it rollback for a failed transaction
 	}
 	return "ended" // the session went idle without a COMMIT or ROLLBACK pgtrace saw
-}
-
-// txBoundary says whether st begins or ends a transaction, from its
-// operation. The transaction status alone cannot say it: the statements of
-// a multi-statement Query, or of a pipeline up to its Sync, all carry the
-// status of the one ReadyForQuery that follows them.
-func txBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, ends bool) {
-	var op string
-	if q != nil {
-		op = q.Operation
-	}
-	switch op {
-	case "BEGIN": // also START TRANSACTION
-		// A failed BEGIN begins nothing.
-		return !st.Failed(), false
-	case "COMMIT", "PREPARE TRANSACTION": // COMMIT also stands for END
-		// A failed COMMIT ends the transaction too: PostgreSQL rolls it back.
-		return false, inTx
-	case "ROLLBACK": // also ABORT
-		// ROLLBACK TO SAVEPOINT stays in the transaction.
-		if isRollbackTo(q.Normalized) {
-			return false, false
-		}
-		return false, inTx
-	}
-	// A statement after which the session was idle ended the transaction,
-	// whatever pgtrace missed: a COMMIT whose event was dropped, or whose
-	// prepared text it never saw. A statement that failed and left the
-	// session idle is the last before that ReadyForQuery, since the rest
-	// of its Query or pipeline was skipped.
-	if inTx && st.TxStatus == wire.TxIdle && (st.LastInBatch || st.Failed()) {
-		return false, true
-	}
-	return false, false
-}
-
-// isChain reports whether q is COMMIT AND CHAIN or ROLLBACK AND CHAIN,
-// which start a new transaction as they end one.
-func isChain(q *fingerprint.Query) bool {
-	if q == nil || (q.Operation != "COMMIT" && q.Operation != "ROLLBACK") {
-		return false
-	}
-	f := strings.Fields(strings.ToUpper(strings.TrimRight(q.Normalized, "; \t\n")))
-	n := len(f)
-	return n >= 3 && f[n-1] == "CHAIN" && f[n-2] == "AND"
-}
-
-func isRollbackTo(normalized string) bool {
-	f := strings.Fields(strings.ToUpper(normalized))
-	for i := 1; i < len(f) && i < 4; i++ {
-		if f[i] == "TO" {
-			return true
-		}
-	}
-	return false
 }
 
 func (e *Exporter) connLocked(conn *wire.ConnInfo) *connState {
@@ -243,7 +197,7 @@ func (e *Exporter) openTxLocked(tx *txState, parent fingerprint.TraceContext) {
 		trace.WithTimestamp(tx.start),
 		trace.WithAttributes(attrs...))
 	for _, p := range tx.pending {
-		e.spanLocked(tx.span.SpanContext(), p.base, tx, p.s, p.v)
+		e.spanLocked(tx.span.SpanContext(), trace.SpanContext{}, p.base, p.s, p.v)
 	}
 	tx.pending = nil
 }
@@ -272,13 +226,13 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 
 // spanLocked builds the span of s under parent (a root when parent is
 // invalid) and, unless the sampler drops it, hands it to the span
-// processors (spanSink). It returns the span's context. tx is the open
-// transaction s belongs to, or nil.
+// processors (spanSink). It returns the span's context. link, when valid,
+// is a span it links to: its transaction's, when it is not its parent.
 //
 // The sampler sees only the keep reason as attributes; the others are
 // built only for a span that records, so an unsampled statement costs
 // little.
-func (e *Exporter) spanLocked(parent trace.SpanContext, base []attribute.KeyValue, tx *txState, s *detector.Statement, v detector.Verdict) trace.SpanContext {
+func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.KeyValue, s *detector.Statement, v detector.Verdict) trace.SpanContext {
 	st, q := s.Stmt, s.Query
 	failed := st.Failed()
 	name := systemPostgreSQL
@@ -298,10 +252,8 @@ func (e *Exporter) spanLocked(parent trace.SpanContext, base []attribute.KeyValu
 		}
 	}
 	var links []trace.Link
-	if tx != nil && s.Parent.IsValid() {
-		if sc := remoteSpanContext(s.Parent); !sc.Equal(tx.parent) {
-			links = []trace.Link{{SpanContext: sc}}
-		}
+	if link.IsValid() {
+		links = []trace.Link{{SpanContext: link}}
 	}
 	sc, res := e.spans.sample(parent, name, trace.SpanKindClient, keep, links)
 	if res.Decision == sdktrace.Drop {
@@ -368,6 +320,9 @@ func (e *Exporter) statementAttrs(a, base []attribute.KeyValue, s *detector.Stat
 	}
 	if rows, ok := returnedRows(st); ok {
 		a = append(a, keyDBReturnedRows.Int64(rows))
+	}
+	if st.Fetches > 1 {
+		a = append(a, keyFetches.Int(st.Fetches))
 	}
 	app := conn.Application
 	if tags != nil {

@@ -168,12 +168,6 @@ func TestMultiStatementTransaction(t *testing.T) {
 	}
 }
 
-func TestRollbackToSavepointStaysInTransaction(t *testing.T) {
-	if !isRollbackTo("ROLLBACK TO SAVEPOINT s1") || !isRollbackTo("rollback transaction to s1") || isRollbackTo("ROLLBACK") {
-		t.Fatal("isRollbackTo misclassifies")
-	}
-}
-
 func TestSweepLostConnections(t *testing.T) {
 	clearOTelEnv(t)
 	live := map[uint64]bool{}

@@ -34,6 +34,7 @@ type proxy struct {
 	pg       *pgtest.Server
 	analyzer *fingerprint.Analyzer
 	exp      *export.Exporter
+	det      *detector.Detector
 	srv      *wire.Server
 	// flushMayFail: the exporter's final flush cannot succeed (a dead
 	// collector); its error is logged, not a test failure.
@@ -56,6 +57,7 @@ func startProxy(t *testing.T, slow time.Duration) *proxy {
 	}
 	p.exp = exp
 	det := detector.New(detector.Config{SlowThreshold: slow, OnFinding: pipeline.FindingHandler(log, exp)})
+	p.det = det
 	pl := pipeline.New(pipeline.Config{Analyzer: p.analyzer, Detector: det, Exporter: exp, Logger: log})
 	p.srv.Observer = pl
 
@@ -188,36 +190,6 @@ func TestEndToEndOTLP(t *testing.T) {
 			}
 			return false
 		})
-	})
-
-	t.Run("pgx default mode: prepared, then executed in the next batch", func(t *testing.T) {
-		// QueryExecModeCacheStatement prepares (Parse, Describe, Sync) and
-		// executes (Bind, Execute, Sync) in two round trips. The first
-		// execution is the one the comment was written for and gets its
-		// parent; the cached statement's later executions get none
-		// (DESIGN.md decision 5: never a stale parent).
-		tp, traceID, spanID := newTraceparent()
-		sql := "SELECT relname FROM pg_class WHERE oid = $1 AND relkind = 'r' /*traceparent='" + tp + "'*/"
-		for range 2 {
-			var name string
-			if err := conn.QueryRow(ctx, sql, pgx.QueryExecModeCacheStatement, 1259).Scan(&name); err != nil {
-				t.Fatal(err)
-			}
-		}
-		spans := rcv.WaitSpans(t, wait, 1, clientOf(traceID))
-		if len(spans) != 1 || spans[0].ParentSpanID() != spanID {
-			t.Fatalf("got %d spans in the comment's trace (want 1, parented by %s)", len(spans), spanID)
-		}
-		// The reuse is a root of its own trace: find it by its fingerprint.
-		res := p.analyzer.Analyze(sql)
-		fp := res.Query(0).Fingerprint
-		roots := rcv.WaitSpans(t, wait, 1, func(s otlptest.Span) bool {
-			v, _ := otlptest.Attr(s.GetAttributes(), "pgtrace.fingerprint")
-			return v == fp && s.TraceID() != traceID
-		})
-		if pid := roots[0].ParentSpanID(); pid != "" {
-			t.Errorf("the reused statement's span has parent %q, want none", pid)
-		}
 	})
 
 	t.Run("error status", func(t *testing.T) {

@@ -41,6 +41,11 @@ type Config struct {
 type Pipeline struct {
 	cfg Config
 	log *slog.Logger
+
+	// sessions is what the pipeline keeps per client connection to decide
+	// its statements' parents. Dispatcher goroutine only.
+	sessions  map[uint64]*session
+	nextSweep time.Time
 }
 
 var _ wire.Observer = (*Pipeline)(nil)
@@ -54,7 +59,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.TickInterval <= 0 {
 		cfg.TickInterval = time.Second
 	}
-	return &Pipeline{cfg: cfg, log: cfg.Logger}
+	return &Pipeline{cfg: cfg, log: cfg.Logger, sessions: make(map[uint64]*session)}
 }
 
 // Placeholders for statements without a text to analyze; the detector and
@@ -89,6 +94,7 @@ func (p *Pipeline) Observe(ev wire.Event) {
 			p.statement(&ev)
 		}
 	case wire.ConnOpened, wire.ConnAuthenticated, wire.ConnAuthFailed, wire.ConnClosed, wire.TxStatus:
+		p.connEvent(&ev)
 		if p.cfg.Detector != nil {
 			p.cfg.Detector.ObserveConn(ev)
 		}
@@ -102,19 +108,8 @@ func (p *Pipeline) statement(ev *wire.Event) {
 	st := ev.Stmt
 	o := &observed{conn: ev.Conn}
 	o.ds = detector.Statement{Stmt: st, Conn: &o.conn, Tags: &o.tags}
-	switch {
-	case st.Text != "":
-		res := p.cfg.Analyzer.Analyze(st.Text)
-		o.ds.Query = res.Query(st.Index)
-		o.tags = res.Tags
-		// DESIGN.md decision 5: a comment parsed in an earlier batch does
-		// not parent this execution.
-		if !st.Reused {
-			o.ds.Parent = res.Trace
-		}
-	case st.Protocol == wire.ProtocolFunctionCall:
-		o.ds.Query = functionCallQuery
-	}
+	a := p.analyze(st)
+	o.ds.Query = a.query
 	switch {
 	case o.ds.Query != nil:
 	case st.Text != "":
@@ -122,6 +117,8 @@ func (p *Pipeline) statement(ev *wire.Event) {
 	default:
 		o.ds.Query = unknownQuery
 	}
+	o.tags = a.tags()
+	o.ds.Parent = p.session(ev).parent(st, o.ds.Query, &a)
 
 	var v detector.Verdict
 	if p.cfg.Detector != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -100,31 +101,119 @@ func stmtEvent(text string, d time.Duration, mod func(*wire.Statement)) wire.Eve
 	return wire.Event{Kind: wire.StatementDone, Time: st.End, Conn: conn, Stmt: st}
 }
 
+// TestParentRule follows DESIGN.md decision 5: a statement's parent is its
+// own comment's trace context, else that of the text its named statement
+// was prepared with, else its transaction's, else none; spans and findings
+// agree on it. Every statement here is slow, so that each has a finding
+// naming the trace it was put in.
 func TestParentRule(t *testing.T) {
-	tests := []struct {
-		name       string
-		reused     bool
-		wantParent string
-	}{
-		{"fresh comment parents", false, spanID},
-		{"reused statement: comment from an earlier batch is not a parent", true, ""},
+	const (
+		traceID2 = "0af7651916cd43dd8448eb211c80319c"
+		spanID2  = "b7ad6b7169203331"
+		tp2      = "/*traceparent='00-" + traceID2 + "-" + spanID2 + "-01'*/"
+	)
+	slow := 60 * time.Millisecond
+	named := func(name string) func(*wire.Statement) {
+		return func(s *wire.Statement) { s.StatementName = name }
 	}
+	inTx := func(s *wire.Statement) { s.TxStatus = wire.TxInBlock }
+	simple := func(mods ...func(*wire.Statement)) func(*wire.Statement) {
+		return func(s *wire.Statement) {
+			s.Protocol = wire.ProtocolSimple
+			for _, m := range mods {
+				m(s)
+			}
+		}
+	}
+	execute := func(prepared string, sql bool) func(*wire.Statement) {
+		return func(s *wire.Statement) { s.PreparedText, s.PreparedSQL, s.StatementName = prepared, sql, "q1" }
+	}
+	const prepare = "PREPARE q1 (int) AS SELECT * FROM users WHERE id = $1 " + tp
+	tests := []struct {
+		name   string
+		events []wire.Event
+		// want is, per statement span in order, its name and the trace
+		// and parent span ids its finding names ("" for none).
+		want []struct{ span, trace, parent string }
+	}{{
+		name: "every execution of a named statement",
+		events: []wire.Event{
+			stmtEvent("SELECT * FROM users WHERE id = $1 "+tp, slow, named("s1")),
+			stmtEvent("SELECT * FROM users WHERE id = $1 "+tp, slow, named("s1")),
+			stmtEvent("SELECT * FROM users WHERE id = $1 "+tp, slow, named("s1")),
+		},
+		want: []struct{ span, trace, parent string }{
+			{"SELECT users", traceID, spanID}, {"SELECT users", traceID, spanID}, {"SELECT users", traceID, spanID},
+		},
+	}, {
+		name: "EXECUTE runs the PREPARE's statement, with its comment unless it has its own",
+		events: []wire.Event{
+			stmtEvent("EXECUTE q1(1)", slow, simple(execute(prepare, true))),
+			stmtEvent("EXECUTE q1(2) "+tp2, slow, simple(execute(prepare, true))),
+			stmtEvent("EXECUTE q1(3)", slow, simple(execute("SELECT * FROM orders WHERE id = $1", false))),
+		},
+		want: []struct{ span, trace, parent string }{
+			{"SELECT users", traceID, spanID}, {"SELECT users", traceID2, spanID2}, {"SELECT orders", "", ""},
+		},
+	}, {
+		name: "in a transaction, the transaction's context; after it, none",
+		events: []wire.Event{
+			stmtEvent("BEGIN", slow, simple(inTx)),
+			stmtEvent("SELECT * FROM users WHERE id = $1", slow, inTx),
+			stmtEvent("SELECT * FROM orders WHERE id = $1 "+tp, slow, inTx),
+			stmtEvent("SELECT * FROM items WHERE id = $1", slow, inTx),
+			stmtEvent("SELECT * FROM carts WHERE id = $1 "+tp2, slow, named("s2")),
+			stmtEvent("COMMIT", slow, simple()),
+			stmtEvent("SELECT * FROM items WHERE id = $1", slow, nil),
+		},
+		want: []struct{ span, trace, parent string }{
+			// Before the transaction's context comes, the pipeline does not
+			// know it: the findings have none, and the exporter holds the
+			// spans until it can put them under the transaction span.
+			{"BEGIN", "", ""},
+			{"SELECT users", "", ""},
+			{"SELECT orders", traceID, spanID},
+			{"SELECT items", traceID, spanID},
+			{"SELECT carts", traceID2, spanID2}, // its statement's own text wins
+			{"COMMIT", traceID, spanID},
+			{"SELECT items", "", ""},
+		},
+	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			u := newUnit(t)
-			u.pl.Observe(stmtEvent("SELECT * FROM users WHERE id = $1 "+tp, time.Millisecond, func(s *wire.Statement) {
-				s.Reused, s.StatementName = tt.reused, "stmt_1"
-			}))
-			ended := u.spans.Ended()
-			if len(ended) != 1 {
-				t.Fatalf("got %d spans, want 1", len(ended))
+			for i, ev := range tt.events {
+				// One after the other, in wire order.
+				d := ev.Stmt.Duration()
+				ev.Stmt.Start = t0.Add(time.Duration(i) * time.Second)
+				ev.Stmt.End = ev.Stmt.Start.Add(d)
+				ev.Time = ev.Stmt.End
+				u.pl.Observe(ev)
 			}
-			got := ""
-			if p := ended[0].Parent(); p.IsValid() {
-				got = p.SpanID().String()
+			// The statement spans, in wire order, with their trace ids.
+			var spans []sdktrace.ReadOnlySpan
+			for _, s := range u.spans.Ended() {
+				if s.Name() != "transaction" {
+					spans = append(spans, s)
+				}
 			}
-			if got != tt.wantParent {
-				t.Errorf("parent = %q, want %q", got, tt.wantParent)
+			slices.SortFunc(spans, func(a, b sdktrace.ReadOnlySpan) int { return a.StartTime().Compare(b.StartTime()) })
+			findings := u.det.Findings(detector.FindingSlowQuery, time.Time{})
+			slices.SortFunc(findings, func(a, b detector.Finding) int { return a.FirstSeen.Compare(b.FirstSeen) })
+			if len(spans) != len(tt.want) || len(findings) != len(tt.want) {
+				t.Fatalf("%d spans and %d findings, want %d", len(spans), len(findings), len(tt.want))
+			}
+			for i, w := range tt.want {
+				f := findings[i]
+				if spans[i].Name() != w.span || f.TraceID != w.trace || f.ParentSpanID != w.parent {
+					t.Errorf("statement %d: span %q, finding trace %q parent %q; want %q, %q, %q",
+						i, spans[i].Name(), f.TraceID, f.ParentSpanID, w.span, w.trace, w.parent)
+				}
+				// The span is in the trace the finding names, as a child of
+				// the parent (directly, or through the transaction span).
+				if w.trace != "" && spans[i].SpanContext().TraceID().String() != w.trace {
+					t.Errorf("statement %d: span in trace %s, want %s", i, spans[i].SpanContext().TraceID(), w.trace)
+				}
 			}
 		})
 	}

@@ -85,7 +85,7 @@ const (
 	OutcomeComplete  Outcome = iota + 1 // CommandComplete
 	OutcomeError                        // ErrorResponse
 	OutcomeEmpty                        // EmptyQueryResponse
-	OutcomeSuspended                    // PortalSuspended (Execute row limit reached)
+	OutcomeSuspended                    // the portal was closed, replaced or ended with its transaction before its last row (see Statement.Fetches)
 )
 
 // Transaction status bytes as sent in ReadyForQuery.
@@ -124,12 +124,16 @@ type Statement struct {
 	// Index is the 0-based position of this statement within a multi-statement
 	// Query message; 0 for the extended protocol.
 	Index int
-	// Reused is true when the executed prepared statement was parsed before
-	// this execution's batch and is not its first execution in the batch
-	// right after the Parse (drivers such as pgx prepare in one round trip and
-	// execute in the next). A comment in Text then belongs to an earlier use
-	// and must not parent this execution (DESIGN.md decision 5).
-	Reused bool
+	// PreparedText is, for a SQL EXECUTE, the text the executed statement
+	// was prepared with: the query of its Parse, or a whole PREPARE
+	// statement. Empty for anything else, and when the proxy never saw
+	// the name prepared.
+	PreparedText string
+	// PreparedSQL reports that the prepared statement that ran was defined
+	// by a SQL PREPARE: its text (Text for the extended protocol,
+	// PreparedText for EXECUTE) is a whole PREPARE statement, and what ran
+	// is the statement after its AS.
+	PreparedSQL bool
 
 	Protocol      Protocol
 	StatementName string // extended protocol: "" is the unnamed statement
@@ -141,7 +145,17 @@ type Statement struct {
 
 	Outcome    Outcome
 	CommandTag string // e.g. "SELECT 3", "INSERT 0 1"; empty unless OutcomeComplete
-	Rows       int64  // from the command tag, or DataRows seen when suspended
+	// Rows is the row count of the command tag, plus, for a portal run in
+	// several Executes, the DataRows of the Executes before the last; for
+	// a portal never run to its end, the DataRows sent.
+	Rows int64
+	// Fetches is the number of Execute messages that ran the statement's
+	// portal: 1, or more when the client fetched the rows in parts
+	// (Execute with a row limit, PortalSuspended, Execute again). Such a
+	// portal is one statement, from its first Execute to its
+	// CommandComplete, or to its close, its replacement or the end of its
+	// transaction. 0 for the simple protocol and FunctionCall.
+	Fetches int
 	// Copy is true when the statement ran a COPY (FROM STDIN or TO STDOUT).
 	Copy bool
 

@@ -54,6 +54,7 @@ type Server struct {
 	events       chan *Event
 	dispatchDone chan struct{}
 	dropped      atomic.Uint64
+	forgotten    atomic.Uint64 // statement names dropped at maxPrepared
 	nextID       atomic.Uint64
 	active       atomic.Int64 // admitted sessions (not rejected at the cap)
 
@@ -326,6 +327,12 @@ func (srv *Server) ActiveConnections() int { return int(srv.active.Load()) }
 
 // DroppedEvents is the number of events dropped because the queue was full.
 func (srv *Server) DroppedEvents() uint64 { return srv.dropped.Load() }
+
+// ForgottenStatements is the number of prepared statement names the relay
+// forgot because a session prepared more than it keeps (10,000): their
+// later executions are reported without a text, and so without the trace
+// context and tags of the text.
+func (srv *Server) ForgottenStatements() uint64 { return srv.forgotten.Load() }
 
 // emit queues e for the Observer without ever blocking.
 func (srv *Server) emit(e *Event) {

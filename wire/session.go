@@ -272,6 +272,7 @@ func (s *session) relay() {
 	if first.lost {
 		be.abandon(first.err)
 	}
+	be.endPortals(time.Now())
 	be.release(0)
 	be.flushed()
 	switch {

@@ -52,11 +52,12 @@ type expEv struct {
 	tx        byte
 	last      bool
 	copy      bool
+	fetches   int
 }
 
 func (e expEv) String() string {
-	return fmt.Sprintf("{p%d %q idx=%d portal=%q out=%d tag=%q rows=%d state=%q tx=%c last=%v copy=%v}",
-		e.proto, e.text, e.index, e.portal, e.outcome, e.tag, e.rows, e.state, e.tx, e.last, e.copy)
+	return fmt.Sprintf("{p%d %q idx=%d portal=%q out=%d tag=%q rows=%d state=%q tx=%c last=%v copy=%v fetches=%d}",
+		e.proto, e.text, e.index, e.portal, e.outcome, e.tag, e.rows, e.state, e.tx, e.last, e.copy, e.fetches)
 }
 
 func gotEv(s Statement) expEv {
@@ -65,7 +66,7 @@ func gotEv(s Statement) expEv {
 		tx = '0'
 	}
 	return expEv{proto: s.Protocol, text: s.Text, index: s.Index, portal: s.PortalName, outcome: s.Outcome,
-		tag: s.CommandTag, rows: s.Rows, state: s.SQLState, tx: tx, last: s.LastInBatch, copy: s.Copy}
+		tag: s.CommandTag, rows: s.Rows, state: s.SQLState, tx: tx, last: s.LastInBatch, copy: s.Copy, fetches: s.Fetches}
 }
 
 type mreq struct {
@@ -104,6 +105,9 @@ type model struct {
 	rfqs        int
 	sentStmts   map[string]string // send-time view, as the proxy keeps it
 	sentPortals map[string]string
+	// suspended are the statements of portals that an Execute left
+	// suspended, oldest first: they go on at the portal's next Execute.
+	suspended []expEv
 }
 
 func newModel() *model {
@@ -230,12 +234,42 @@ func (m *model) event(e expEv) {
 	m.batch = append(m.batch, e)
 }
 
-func (m *model) execEvent(r *mreq, outcome Outcome, tag string, rows int64, state string) {
-	e := expEv{proto: ProtocolExtended, portal: r.name, outcome: outcome, tag: tag, rows: rows, state: state}
-	if pb, ok := m.portals[r.name]; ok {
+// execEvent ends an Execute of portal r.name: the statement of a portal
+// suspended earlier goes on, and one that ends suspended waits.
+func (m *model) execEvent(r *mreq, outcome Outcome, tag string, rows int64, state string, checkText bool) {
+	e := expEv{proto: ProtocolExtended, portal: r.name, outcome: outcome, tag: tag, rows: rows, state: state, fetches: 1}
+	if pb, ok := m.portals[r.name]; ok && checkText {
 		e.text, e.checkText = pb.text, true
 	}
+	if prev, ok := m.takeSuspended(r.name); ok {
+		prev.fetches++
+		prev.outcome, prev.tag, prev.state = outcome, tag, state
+		prev.rows += rows
+		e = prev
+	}
+	if outcome == OutcomeSuspended {
+		m.copy, m.rows = false, 0
+		m.suspended = append(m.suspended, e)
+		return
+	}
 	m.event(e)
+}
+
+func (m *model) takeSuspended(portal string) (expEv, bool) {
+	for i, e := range m.suspended {
+		if e.portal == portal {
+			m.suspended = append(m.suspended[:i], m.suspended[i+1:]...)
+			return e, true
+		}
+	}
+	return expEv{}, false
+}
+
+// endPortal ends the statement of portal, if suspended: replaced or closed.
+func (m *model) endPortal(portal string) {
+	if e, ok := m.takeSuspended(portal); ok {
+		m.batch = append(m.batch, e)
+	}
 }
 
 func (m *model) finish(outcome Outcome, tag string, state string) {
@@ -253,11 +287,14 @@ func (m *model) finish(outcome Outcome, tag string, state string) {
 	}
 	switch h.kind {
 	case 'Q':
+		if m.index == 0 {
+			m.endPortal("") // a Query replaces the unnamed portal
+		}
 		m.event(expEv{proto: ProtocolSimple, text: h.text, checkText: true, index: m.index, outcome: outcome, tag: tag, rows: rows, state: state})
 		m.index++
 	case 'E':
 		m.pop()
-		m.execEvent(h, outcome, tag, rows, state)
+		m.execEvent(h, outcome, tag, rows, state, true)
 	case 'F':
 		m.event(expEv{proto: ProtocolFunctionCall, checkText: true, outcome: outcome, tag: tag, rows: rows, state: state})
 	default:
@@ -299,6 +336,7 @@ func (m *model) recv(typ byte, body []byte) {
 			return
 		}
 		m.portals[h.name] = portalBinding{h.stmt, m.stmts[h.stmt]}
+		m.endPortal(h.name)
 		m.pop()
 	case '3':
 		m.trace = append(m.trace, "< CloseComplete")
@@ -310,6 +348,7 @@ func (m *model) recv(typ byte, body []byte) {
 			delete(m.stmts, h.name)
 		} else {
 			delete(m.portals, h.name)
+			m.endPortal(h.name)
 		}
 		m.pop()
 	case 'T', 'n':
@@ -397,13 +436,14 @@ func (m *model) recv(typ byte, body []byte) {
 		}
 		switch {
 		case exec != nil && exec == h:
-			m.execEvent(h, OutcomeError, "", 0, e.Code)
 			switch e.Code {
 			case "34000", "26000", "08P01":
-				m.batch[len(m.batch)-1].checkText = false
+				m.execEvent(h, OutcomeError, "", 0, e.Code, false)
+			default:
+				m.execEvent(h, OutcomeError, "", 0, e.Code, true)
 			}
 		case exec != nil:
-			m.event(expEv{proto: ProtocolExtended, portal: exec.name, outcome: OutcomeError, state: e.Code})
+			m.execEvent(exec, OutcomeError, "", 0, e.Code, false)
 		case h.kind == 'P':
 			m.event(expEv{proto: ProtocolExtended, text: h.text, checkText: true, outcome: OutcomeError, state: e.Code})
 		}
@@ -431,6 +471,11 @@ func (m *model) recv(typ byte, body []byte) {
 		}
 		if z.TxStatus != 'T' {
 			m.portals = map[string]portalBinding{}
+		}
+		if z.TxStatus == 'I' {
+			// The transaction ended, and its portals with it.
+			m.batch = append(m.suspended, m.batch...)
+			m.suspended = nil
 		}
 		for i := range m.batch {
 			m.batch[i].tx = z.TxStatus
@@ -743,6 +788,15 @@ func (s *stressConn) opPipeline() {
 	}
 	s.logf("raw pipeline %d batches", nb)
 	for b := 0; b < nb; b++ {
+		if s.rnd.Intn(6) == 0 {
+			// Fetch more of a portal an earlier batch may have left
+			// suspended (in a transaction), or fail on one that is gone.
+			portal := "pt" + strconv.Itoa(s.rnd.Intn(3))
+			if s.rnd.Intn(3) == 0 {
+				portal = ""
+			}
+			fe.Send(&pgproto3.Execute{Portal: portal, MaxRows: uint32(1 + s.rnd.Intn(3))})
+		}
 		k := 1 + s.rnd.Intn(3)
 		for i := 0; i < k; i++ {
 			q := s.pick()

@@ -38,8 +38,15 @@ const maxHeld = 1024
 
 // maxPrepared caps the prepared statements and portals remembered per
 // session; past it the maps are cleared (later executions of forgotten
-// statements report an empty Text).
-const maxPrepared = 1 << 16
+// statements report an empty Text) and Server.ForgottenStatements counts
+// the names dropped. Drivers keep far fewer: pgx 512, PgJDBC 256, asyncpg
+// and psycopg 100.
+const maxPrepared = 10000
+
+// maxSuspended caps the portals per session held open between Executes
+// (see Statement.Fetches); beyond it a suspended portal is reported at
+// once, as a statement of its own.
+const maxSuspended = 256
 
 type pendingKind uint8
 
@@ -60,9 +67,18 @@ type pending struct {
 	seq  uint64        // the order in which the client sent it
 	ev   *stmtEvent    // Query, Execute, FunctionCall: the event being built; nil once sent
 	prep *preparedStmt // Parse: the statement parsed
-	// ver is the version of a statement name that a Parse or a Close
-	// made (see preparedStmt.prev), nil when it changed none.
-	ver *preparedStmt
+	// ver is the version of a statement name that a Parse, a Close or a
+	// Query (PREPARE, DEALLOCATE) made (see preparedStmt.prev), nil when
+	// it changed none; vers are those a DEALLOCATE ALL or DISCARD ALL made.
+	ver  *preparedStmt
+	vers []*preparedStmt
+	// portal is, for a Bind or a Close of a portal (ends set), the portal
+	// that its answer replaces or closes.
+	portal string
+	ends   bool
+	// ok is, for a Query, whether its first statement completed: only
+	// then did a PREPARE or DEALLOCATE at its head take effect.
+	ok bool
 }
 
 // stmtEvent is an Event and its Statement in one allocation.
@@ -74,22 +90,25 @@ type stmtEvent struct {
 	prep *preparedStmt
 }
 
-// preparedStmt is a statement the client parsed, made by the
+// preparedStmt is a statement the client prepared, made by the
 // frontendCopier; its version fields are under session.mu, or, once its
 // Parse or Close is queued, the backendCopier's.
+//
+// A named statement carries the trace context and tags of the text it was
+// prepared with to every execution: the text goes with each event
+// (Statement.Text, or PreparedText for EXECUTE) and the pipeline reads its
+// comment (DESIGN.md decision 5).
 type preparedStmt struct {
-	name  string
-	text  string
-	batch uint64 // the frontend's Sync count when it was parsed
-	// execd and execBatch record the first Execute after the Parse.
-	execd     bool
-	execBatch uint64
+	name string
+	text string
+	sql  bool // defined by a SQL PREPARE: text is the whole statement
 
-	// A name's versions, newest in the map: each Parse of a new text, and
-	// each Close (closed), makes one when the client sends it, for the
-	// Binds behind it. prev is the version it replaced, until the server
-	// confirms it (confirmed: ParseComplete, CloseComplete); undone marks
-	// one the server refused or skipped. Under session.mu.
+	// A name's versions, newest in the map: each Parse or PREPARE of a
+	// new text, and each Close or DEALLOCATE (closed), makes one when the
+	// client sends it, for the requests behind it. prev is the version it
+	// replaced, until the server confirms it (confirmed: ParseComplete,
+	// CloseComplete, the Query's success); undone marks one the server
+	// refused or skipped. Under session.mu.
 	prev                      *preparedStmt
 	closed, confirmed, undone bool
 }
@@ -122,7 +141,6 @@ type frontendCopier struct {
 	unnamed       *preparedStmt
 	portals       map[string]portal
 	unnamedPortal *preparedStmt
-	batch         uint64 // Syncs and Queries sent so far
 	lastQuery     string // the previous Query text, reused when it repeats
 	pendingIn     int64  // bytes sent since the last statement request
 }
@@ -184,9 +202,12 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		if string(text) != fc.lastQuery {
 			fc.lastQuery = string(text)
 		}
-		fc.batch++
 		se := fc.newStmt(ProtocolSimple, fc.lastQuery)
-		s.push(pending{kind: pendQuery, ev: se})
+		p := pending{kind: pendQuery, ev: se}
+		s.mu.Lock()
+		fc.utility(parseUtility(text), &p)
+		s.pushLocked(p)
+		s.mu.Unlock()
 	case 'P':
 		name, rest, _ := cstring(body)
 		query, _, _ := cstring(rest)
@@ -196,8 +217,8 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		s.mu.Unlock()
 	case 'B':
 		s.mu.Lock()
-		fc.bind(body)
-		s.pushLocked(pending{kind: pendBind})
+		portal := fc.bind(body)
+		s.pushLocked(pending{kind: pendBind, portal: portal, ends: true})
 		s.mu.Unlock()
 	case 'D':
 		s.push(pending{kind: pendDescribe})
@@ -214,47 +235,35 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 		}
 		se := fc.newStmt(ProtocolExtended, "")
 		se.st.PortalName = portalName
+		se.st.Fetches = 1
 		if prep != nil {
 			se.prep = prep
 			se.st.Text = prep.text
+			se.st.PreparedSQL = prep.sql
 			se.st.StatementName = prep.name
-			// A comment in the text parents the executions of its own
-			// batch, or, when none ran there, those of the batch right
-			// after it: drivers such as pgx prepare in one round trip
-			// (Parse, Describe, Sync) and execute in the next. Any other
-			// execution is a reuse and gets no parent (DESIGN.md
-			// decision 5: never a stale one).
-			if !prep.execd {
-				prep.execd, prep.execBatch = true, fc.batch
-			}
-			fresh := fc.batch == prep.batch ||
-				(fc.batch == prep.batch+1 && prep.execBatch == fc.batch)
-			se.st.Reused = !fresh
 		}
 		s.push(pending{kind: pendExecute, ev: se})
 	case 'C':
-		var ver *preparedStmt
+		p := pending{kind: pendClose}
 		s.mu.Lock()
 		if len(body) > 0 {
 			name, _, _ := cstring(body[1:])
 			switch body[0] {
 			case 'S':
-				if cur := fc.stmt(string(name)); cur != nil {
-					ver = &preparedStmt{name: cur.name, closed: true, prev: fc.version(cur.name)}
-					fc.setVersion(cur.name, ver)
-				}
+				p.ver = fc.closeStmt(string(name))
 			case 'P':
+				p.ends = true
 				if len(name) == 0 {
 					fc.unnamedPortal = nil
 				} else {
-					delete(fc.portals, string(name))
+					p.portal = string(name)
+					delete(fc.portals, p.portal)
 				}
 			}
 		}
-		s.pushLocked(pending{kind: pendClose, ver: ver})
+		s.pushLocked(p)
 		s.mu.Unlock()
 	case 'S':
-		fc.batch++
 		s.pushSync()
 	case 'F':
 		se := fc.newStmt(ProtocolFunctionCall, "")
@@ -291,9 +300,8 @@ func (fc *frontendCopier) newStmt(p Protocol, text string) *stmtEvent {
 // the statement already has exactly this text.
 func (fc *frontendCopier) parse(name, query []byte) (p, ver *preparedStmt) {
 	old := fc.stmt(string(name))
-	same := old != nil && old.text == string(query)
+	same := old != nil && !old.sql && old.text == string(query)
 	if same && old.confirmed {
-		old.batch, old.execd = fc.batch, false
 		return old, nil
 	}
 	// A new version, even for the same text when the server has not
@@ -303,12 +311,58 @@ func (fc *frontendCopier) parse(name, query []byte) (p, ver *preparedStmt) {
 	if same {
 		text = old.text
 	}
-	p = &preparedStmt{name: string(name), text: text, batch: fc.batch, prev: fc.version(string(name))}
+	p = fc.newVersion(string(name), text, false)
+	return p, p
+}
+
+// newVersion makes a new version of name, defined with text, the newest.
+func (fc *frontendCopier) newVersion(name, text string, sql bool) *preparedStmt {
+	p := &preparedStmt{name: name, text: text, sql: sql, prev: fc.version(name)}
 	if len(name) > 0 && len(fc.stmts) >= maxPrepared {
+		fc.s.srv.forgotten.Add(uint64(len(fc.stmts)))
 		fc.stmts = nil
 	}
 	fc.setVersion(p.name, p)
-	return p, p
+	return p
+}
+
+// closeStmt makes a closed version of the statement name, the newest, and
+// returns it; nil when there is no such statement.
+func (fc *frontendCopier) closeStmt(name string) *preparedStmt {
+	cur := fc.stmt(name)
+	if cur == nil {
+		return nil
+	}
+	v := &preparedStmt{name: cur.name, closed: true, prev: fc.version(cur.name)}
+	fc.setVersion(cur.name, v)
+	return v
+}
+
+// utility applies what the head of a Query does to the statement names
+// (see sqlhead.go) and marks its request p. s.mu is held.
+func (fc *frontendCopier) utility(u utility, p *pending) {
+	switch u.kind {
+	case utilPrepare:
+		p.ver = fc.newVersion(u.name, fc.lastQuery, true)
+	case utilExecute:
+		if v := fc.stmt(u.name); v != nil {
+			p.ev.prep = v
+			p.ev.st.PreparedText, p.ev.st.PreparedSQL = v.text, v.sql
+		}
+		p.ev.st.StatementName = u.name
+	case utilDeallocate:
+		p.ver = fc.closeStmt(u.name)
+	case utilDeallocateAll:
+		// The unnamed statement is not among them, and DISCARD ALL closes
+		// the portals too (it cannot run in a transaction block, where
+		// they would outlive the Query).
+		for name := range fc.stmts {
+			if v := fc.closeStmt(name); v != nil {
+				p.vers = append(p.vers, v)
+			}
+		}
+		clear(fc.portals)
+	}
 }
 
 // stmt is the prepared statement called name ("" is the unnamed one), or
@@ -343,11 +397,21 @@ func (fc *frontendCopier) setVersion(name string, v *preparedStmt) {
 	}
 }
 
-// confirmLocked notes that the server did p, a Parse or Close: its
-// version can no longer be undone, nor can those before it. s.mu is held.
+// confirmLocked notes that the server did p, a Parse, a Close or a
+// Query: its versions can no longer be undone, nor can those before them.
+// s.mu is held.
 func (s *session) confirmLocked(p *pending) {
-	v := p.ver
-	if v == nil || s.fe == nil {
+	if s.fe == nil {
+		return
+	}
+	s.confirmVersionLocked(p.ver)
+	for _, v := range p.vers {
+		s.confirmVersionLocked(v)
+	}
+}
+
+func (s *session) confirmVersionLocked(v *preparedStmt) {
+	if v == nil {
 		return
 	}
 	v.prev, v.confirmed = nil, true
@@ -363,8 +427,17 @@ func (s *session) confirmLocked(p *pending) {
 // Requests pipelined behind p may have made versions of their own, and
 // may be undone later. s.mu is held.
 func (s *session) undoLocked(p *pending) {
-	v := p.ver
-	if v == nil || s.fe == nil {
+	if s.fe == nil {
+		return
+	}
+	s.undoVersionLocked(p.ver)
+	for _, v := range p.vers {
+		s.undoVersionLocked(v)
+	}
+}
+
+func (s *session) undoVersionLocked(v *preparedStmt) {
+	if v == nil {
 		return
 	}
 	v.undone = true
@@ -381,32 +454,33 @@ func (s *session) undoLocked(p *pending) {
 	s.fe.setVersion(v.name, r)
 }
 
-// bind records which statement a portal runs. body may be only a prefix of
-// a large Bind; the names come first.
-func (fc *frontendCopier) bind(body []byte) {
+// bind records which statement a portal runs, and returns the portal's
+// name. body may be only a prefix of a large Bind; the names come first.
+func (fc *frontendCopier) bind(body []byte) string {
 	pname, rest, ok := cstring(body)
 	if !ok {
-		return
+		return ""
 	}
 	sname, _, ok := cstring(rest)
 	if !ok {
-		return
+		return ""
 	}
 	prep := fc.stmt(string(sname))
 	if len(pname) == 0 {
 		fc.unnamedPortal = prep
-		return
+		return ""
 	}
 	if p, ok := fc.portals[string(pname)]; ok {
 		p.stmt = prep
 		fc.portals[p.name] = p
-		return
+		return p.name
 	}
 	if fc.portals == nil || len(fc.portals) >= maxPrepared {
 		fc.portals = make(map[string]portal)
 	}
 	n := string(pname)
 	fc.portals[n] = portal{name: n, stmt: prep}
+	return n
 }
 
 // push appends a request to the queue.
@@ -481,6 +555,10 @@ type backendCopier struct {
 	// statements of a multi-statement Query.
 	lastText string
 	held     []*stmtEvent
+	// suspended are the portals whose last Execute ended in
+	// PortalSuspended, by portal name: the statement goes on at the
+	// portal's next Execute (see Statement.Fetches).
+	suspended map[string]*stmtEvent
 	// outbox holds the events made while framing the current read, stamped
 	// (Time, Conn) in wire order; flushed sends them once the messages that
 	// made them have been written to the client, so handing them to the
@@ -535,9 +613,9 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 	case '1':
 		bc.s.popIf(pendParse)
 	case '2':
-		bc.s.popIf(pendBind)
+		bc.popPortal(pendBind)
 	case '3':
-		bc.s.popIf(pendClose)
+		bc.popPortal(pendClose)
 	case 'C':
 		tag, _, _ := cstring(body)
 		bc.finish(OutcomeComplete, tag, nil)
@@ -609,15 +687,28 @@ func (s *session) copyInStarted() {
 	}
 }
 
-// popIf consumes the oldest request if it is of kind k.
-func (s *session) popIf(k pendingKind) {
+// popIf consumes the oldest request if it is of kind k, and returns it.
+func (s *session) popIf(k pendingKind) (p pending, ok bool) {
 	s.mu.Lock()
 	if s.qhead < len(s.queue) && s.queue[s.qhead].kind == k {
-		s.confirmLocked(&s.queue[s.qhead])
+		p, ok = s.queue[s.qhead], true
+		s.confirmLocked(&p)
 		s.queue[s.qhead] = pending{}
 		s.qhead++
 	}
 	s.mu.Unlock()
+	return p, ok
+}
+
+// popPortal consumes a Bind or Close answered, and ends the statement of
+// a suspended portal that the Bind replaced or the Close closed.
+func (bc *backendCopier) popPortal(k pendingKind) {
+	if p, ok := bc.s.popIf(k); ok && p.ends {
+		if se := bc.suspended[p.portal]; se != nil {
+			delete(bc.suspended, p.portal)
+			bc.hold(se, time.Now())
+		}
+	}
 }
 
 // finish ends the statement the oldest request is running, if any.
@@ -626,12 +717,15 @@ func (bc *backendCopier) finish(o Outcome, tag []byte, e *pgproto3.ErrorResponse
 	now := time.Now()
 	s.mu.Lock()
 	var se *stmtEvent
+	first := false // the first statement of a Query
 	if s.qhead < len(s.queue) {
 		p := &s.queue[s.qhead]
 		switch p.kind {
 		case pendQuery:
 			if p.ev != nil {
 				se, p.ev = p.ev, nil
+				p.ok = o == OutcomeComplete
+				first = true
 			} else {
 				// A later statement of a multi-statement Query; it started
 				// when the previous one ended.
@@ -656,24 +750,44 @@ func (bc *backendCopier) finish(o Outcome, tag []byte, e *pgproto3.ErrorResponse
 	if se == nil {
 		return
 	}
+	if sus := bc.suspended[""]; first && sus != nil {
+		// A Query replaces the unnamed portal.
+		delete(bc.suspended, "")
+		bc.hold(sus, now)
+	}
 	bc.complete(se, now, o, tag, e)
 }
 
-// complete fills in the end of a statement and holds it for the next
-// ReadyForQuery.
+// complete fills in the end of a request (Query statement, Execute,
+// FunctionCall) and holds its statement for the next ReadyForQuery. An
+// Execute of a portal that an earlier Execute left suspended goes on with
+// that one's statement; one that ends suspended waits for the next.
 func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag []byte, e *pgproto3.ErrorResponse) {
 	st := &se.st
+	if st.Fetches > 0 {
+		if prev := bc.suspended[st.PortalName]; prev != nil {
+			delete(bc.suspended, st.PortalName)
+			prev.st.Fetches++
+			prev.st.BytesIn += st.BytesIn
+			se, st = prev, &prev.st
+		}
+	}
 	if v := se.prep; v != nil && v.undone && o != OutcomeError {
-		// The client pipelined the Execute behind a Parse that the server
-		// refused or skipped, and the server ran the version before it.
-		// (When the Execute failed, the client's text stays: the error is
-		// most likely that Parse's.)
+		// The client pipelined the request behind a Parse (or PREPARE)
+		// that the server refused or skipped, and the server ran the
+		// version before it. (When the request failed, the client's text
+		// stays: the error is most likely that Parse's.)
 		for v != nil && v.undone {
 			v = v.prev
 		}
-		st.Text = ""
+		text, sql := "", false
 		if v != nil && !v.closed {
-			st.Text = v.text
+			text, sql = v.text, v.sql
+		}
+		if st.Protocol == ProtocolSimple {
+			st.PreparedText, st.PreparedSQL = text, sql
+		} else {
+			st.Text, st.PreparedSQL = text, sql
 		}
 	}
 	se.prep = nil
@@ -686,10 +800,10 @@ func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag [
 				bc.lastTag = string(tag)
 			}
 			st.CommandTag = bc.lastTag
-			st.Rows = tagRows(tag)
+			st.Rows += tagRows(tag)
 		}
 	case OutcomeSuspended:
-		st.Rows = bc.rows
+		st.Rows += bc.rows
 	case OutcomeError:
 		st.setError(e)
 	}
@@ -697,14 +811,57 @@ func (bc *backendCopier) complete(se *stmtEvent, now time.Time, o Outcome, tag [
 	if st.Copy {
 		st.BytesIn += bc.s.copyIn.Swap(0)
 	}
-	st.BytesOut = bc.out
+	st.BytesOut += bc.out
 	bc.out = 0
 	bc.rows = 0
 	bc.copy = false
 	bc.lastEnd = now
 	bc.lastText = st.Text
+	if o == OutcomeSuspended && st.Fetches > 0 && len(bc.suspended) < maxSuspended {
+		if bc.suspended == nil {
+			bc.suspended = make(map[string]*stmtEvent)
+		}
+		bc.suspended[st.PortalName] = se
+		return
+	}
+	bc.hold(se, now)
+}
+
+// hold counts a finished statement and holds it for the next
+// ReadyForQuery. A suspended portal's statement ends at end.
+func (bc *backendCopier) hold(se *stmtEvent, end time.Time) {
+	if se.st.Outcome == OutcomeSuspended {
+		se.st.End = end
+	}
 	bc.s.statements.Add(1)
 	bc.held = append(bc.held, se)
+	if len(bc.held) >= maxHeld {
+		bc.release(0)
+	}
+}
+
+// endPortals ends the statements of all suspended portals: their
+// transaction, or the session, ended. They end with the statement held
+// last, or at now when none is held, and go before the held ones: the
+// server destroyed the portals when the transaction ended, which is what
+// the batch's last statement reports.
+func (bc *backendCopier) endPortals(now time.Time) {
+	if len(bc.suspended) == 0 {
+		return
+	}
+	end := now
+	if n := len(bc.held); n > 0 {
+		end = bc.held[n-1].st.End
+	}
+	ended := make([]*stmtEvent, 0, len(bc.suspended)+len(bc.held))
+	for _, se := range bc.suspended {
+		se.st.End = end
+		ended = append(ended, se)
+	}
+	clear(bc.suspended)
+	slices.SortFunc(ended, func(a, b *stmtEvent) int { return a.st.Start.Compare(b.st.Start) })
+	bc.s.statements.Add(int64(len(ended)))
+	bc.held = append(ended, bc.held...)
 	if len(bc.held) >= maxHeld {
 		bc.release(0)
 	}
@@ -764,6 +921,7 @@ func (bc *backendCopier) abandon(cause error) {
 	for _, se := range lost {
 		bc.complete(se, now, OutcomeError, nil, e)
 	}
+	bc.endPortals(now)
 }
 
 // readyForQuery consumes requests up to the Sync, Query or FunctionCall it
@@ -776,10 +934,16 @@ func (bc *backendCopier) readyForQuery(tx byte) {
 	changed := s.info.TxStatus != tx
 	s.info.TxStatus = tx
 	for s.ready && s.qhead < len(s.queue) {
-		k := s.queue[s.qhead].kind
+		p := &s.queue[s.qhead]
+		k := p.kind
 		// A Parse or Close still queued here got no ParseComplete or
-		// CloseComplete: the server refused or skipped it.
-		s.undoLocked(&s.queue[s.qhead])
+		// CloseComplete: the server refused or skipped it. A Query's
+		// PREPARE or DEALLOCATE took effect when its statement completed.
+		if k == pendQuery && p.ok {
+			s.confirmLocked(p)
+		} else {
+			s.undoLocked(p)
+		}
 		s.queue[s.qhead] = pending{}
 		s.qhead++
 		if k == pendSync || k == pendQuery || k == pendFunctionCall {
@@ -793,6 +957,10 @@ func (bc *backendCopier) readyForQuery(tx byte) {
 	if first {
 		bc.post(&Event{Kind: ConnAuthenticated, ConnectDuration: time.Since(s.dialStart)})
 		return
+	}
+	if tx == TxIdle {
+		// The transaction ended, and its portals with it.
+		bc.endPortals(time.Now())
 	}
 	if bc.release(tx) == 0 && changed {
 		bc.post(&Event{Kind: TxStatus})

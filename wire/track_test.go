@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -24,7 +25,8 @@ func newScripted(t *testing.T) *scripted {
 	srv.init()
 	t.Cleanup(func() { srv.Shutdown(t.Context()) })
 	s := &session{srv: srv, log: srv.log, ready: true}
-	return &scripted{t: t, s: s, rec: rec, fc: &frontendCopier{s: s}, bc: &backendCopier{s: s}}
+	s.fe = &frontendCopier{s: s}
+	return &scripted{t: t, s: s, rec: rec, fc: s.fe, bc: &backendCopier{s: s}}
 }
 
 func (sc *scripted) run(obs frameObserver, whole *[256]bool, msgs ...[]byte) {
@@ -87,11 +89,10 @@ func TestTrackErrorSkipsToSync(t *testing.T) {
 	}
 	want := []struct {
 		text, state string
-		reused      bool
-	}{{"select a", "", false}, {"select b", "22012", false}, {"select a", "", true}}
+	}{{"select a", ""}, {"select b", "22012"}, {"select a", ""}}
 	for i, w := range want {
 		st := evs[i].Stmt
-		if st.Text != w.text || st.SQLState != w.state || st.Reused != w.reused || st.TxStatus != TxIdle {
+		if st.Text != w.text || st.SQLState != w.state || st.TxStatus != TxIdle {
 			t.Errorf("event %d: %+v, want %+v", i, st, w)
 		}
 	}
@@ -170,63 +171,342 @@ func TestTrackSimpleCopyAndSuspend(t *testing.T) {
 	sc.client(msg('Q', "copy t from stdin\x00"), msg('d', "1\n"), msg('d', "2\n"), msg('c', ""))
 	sc.server(msg('G', "\x00\x00\x00"), cc("COPY 2"), rfq("I"))
 	sc.client(parseMsg("", "select g"), bindMsg("p", ""), execMsg("p"), syncMsg)
-	// Execute with a row limit: PortalSuspended.
+	// Execute with a row limit: PortalSuspended. The portal's statement
+	// goes on until the portal is closed.
 	sc.server(parseComplete, bindComplete, dataRow(), dataRow(), msg('s', ""), rfq("T"))
-	evs := sc.events(2)
+	sc.client(msg('C', "Pp\x00"), syncMsg)
+	sc.server(msg('3', ""), rfq("T"))
+	evs := statementEvents(sc.rec.wait(t, "2 statements", func(evs []Event) bool { return len(statementEvents(evs)) >= 2 }))
 	if st := evs[0].Stmt; !st.Copy || st.Rows != 2 || st.BytesIn != int64(len("copy t from stdin")+6+7+7+5) {
 		t.Errorf("copy: %+v", st)
 	}
-	if st := evs[1].Stmt; st.Outcome != OutcomeSuspended || st.Rows != 2 || st.PortalName != "p" || st.TxStatus != TxInBlock {
+	if st := evs[1].Stmt; st.Outcome != OutcomeSuspended || st.Rows != 2 || st.PortalName != "p" || st.TxStatus != TxInBlock || st.Fetches != 1 {
 		t.Errorf("suspended: %+v", st)
 	}
 }
 
-// TestTrackReused follows DESIGN.md decision 5 as the relay applies it: the
-// executions in a Parse's own batch, or in the next batch when none ran in
-// its own (pgx's prepare-then-execute round trips), are fresh; any later one
-// is a reuse.
-func TestTrackReused(t *testing.T) {
+// TestTrackNamedStatementText follows DESIGN.md decision 5 as the relay
+// applies it: every execution of a named statement carries the text the
+// statement was parsed from (and so that text's comment), however many
+// batches later; a Close, or a new Parse of the name, changes that.
+func TestTrackNamedStatementText(t *testing.T) {
 	sc := newScripted(t)
 	sc.client(
-		parseMsg("p", "select p"), describeMsg("Sp"), syncMsg, // batch 1: prepare only
-		bindMsg("", "p"), execMsg(""), bindMsg("", "p"), execMsg(""), syncMsg, // batch 2: fresh, fresh
-		bindMsg("", "p"), execMsg(""), syncMsg, // batch 3: reused
-		parseMsg("q", "select q"), bindMsg("", "q"), execMsg(""), syncMsg, // batch 4: fresh
-		bindMsg("", "q"), execMsg(""), syncMsg, // batch 5: reused (q ran in its own batch)
-		parseMsg("r", "select r"), syncMsg, syncMsg, // batches 6, 7
-		bindMsg("", "r"), execMsg(""), syncMsg, // batch 8: reused (two batches later)
+		parseMsg("p", "select p /*a*/"), describeMsg("Sp"), syncMsg, // prepare only
+		bindMsg("", "p"), execMsg(""), bindMsg("", "p"), execMsg(""), syncMsg,
+		syncMsg, syncMsg,
+		bindMsg("", "p"), execMsg(""), syncMsg, // batches later
+		msg('C', "Sp\x00"), parseMsg("p", "select p /*b*/"), bindMsg("", "p"), execMsg(""), syncMsg,
+		bindMsg("", "p"), execMsg(""), syncMsg,
 	)
 	sc.server(
 		parseComplete, noData, rfq("I"),
 		bindComplete, cc("SELECT 0"), bindComplete, cc("SELECT 0"), rfq("I"),
+		rfq("I"), rfq("I"),
 		bindComplete, cc("SELECT 0"), rfq("I"),
-		parseComplete, bindComplete, cc("SELECT 0"), rfq("I"),
-		bindComplete, cc("SELECT 0"), rfq("I"),
-		parseComplete, rfq("I"), rfq("I"),
+		msg('3', ""), parseComplete, bindComplete, cc("SELECT 0"), rfq("I"),
 		bindComplete, cc("SELECT 0"), rfq("I"),
 	)
-	want := []struct {
-		text   string
-		reused bool
-	}{{"select p", false}, {"select p", false}, {"select p", true}, {"select q", false}, {"select q", true}, {"select r", true}}
-	// Wait for the statements themselves: TxStatus events (the empty
-	// batches') come in between.
-	statements := func(evs []Event) (out []Event) {
-		for _, e := range evs {
-			if e.Kind == StatementDone {
-				out = append(out, e)
-			}
-		}
-		return out
-	}
-	evs := sc.rec.wait(t, "6 statements", func(evs []Event) bool { return len(statements(evs)) >= len(want) })
-	got := statements(evs)
+	want := []string{"select p /*a*/", "select p /*a*/", "select p /*a*/", "select p /*b*/", "select p /*b*/"}
+	got := statementEvents(sc.rec.wait(t, "5 statements", func(evs []Event) bool { return len(statementEvents(evs)) >= len(want) }))
 	if len(got) != len(want) {
-		t.Fatalf("%d statements, want %d:\n%s", len(got), len(want), dumpEvents(evs))
+		t.Fatalf("%d statements, want %d", len(got), len(want))
 	}
 	for i, w := range want {
-		if st := got[i].Stmt; st.Text != w.text || st.Reused != w.reused {
-			t.Errorf("statement %d: text %q reused %v, want %q %v", i, st.Text, st.Reused, w.text, w.reused)
+		if st := got[i].Stmt; st.Text != w || st.StatementName != "p" || st.Fetches != 1 {
+			t.Errorf("statement %d: text %q name %q fetches %d, want %q", i, st.Text, st.StatementName, st.Fetches, w)
 		}
+	}
+}
+
+// statementEvents are the StatementDone events of evs: TxStatus events
+// (the empty batches') come in between.
+func statementEvents(evs []Event) (out []Event) {
+	for _, e := range evs {
+		if e.Kind == StatementDone {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestTrackSQLPrepared covers the names that SQL statements change: PREPARE
+// and EXECUTE, DEALLOCATE and DISCARD ALL, shared with the protocol's.
+func TestTrackSQLPrepared(t *testing.T) {
+	q := func(text string) []byte { return msg('Q', text+"\x00") }
+	// A round trip: the client's messages, then the server's answers.
+	type step struct{ client, server [][]byte }
+	rt := func(c ...[]byte) func(s ...[]byte) step {
+		return func(s ...[]byte) step { return step{c, s} }
+	}
+	tests := []struct {
+		name  string
+		steps []step
+		want  []Statement // Text, PreparedText, PreparedSQL, StatementName, SQLState
+	}{{
+		name: "PREPARE then EXECUTE",
+		steps: []step{
+			rt(q("/*a*/ PREPARE Q1 (int) AS select $1"))(cc("PREPARE"), rfq("I")),
+			rt(q("execute q1(1)"))(cc("SELECT 1"), rfq("I")),
+			rt(q(`EXECUTE "q1" (2) /*b*/`))(cc("SELECT 1"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "/*a*/ PREPARE Q1 (int) AS select $1"},
+			{Text: "execute q1(1)", PreparedText: "/*a*/ PREPARE Q1 (int) AS select $1", PreparedSQL: true, StatementName: "q1"},
+			{Text: `EXECUTE "q1" (2) /*b*/`, PreparedText: "/*a*/ PREPARE Q1 (int) AS select $1", PreparedSQL: true, StatementName: "q1"},
+		},
+	}, {
+		name: "a failed PREPARE defines nothing",
+		steps: []step{
+			rt(q("prepare s2 as select nosuch"))(errMsg("42703"), rfq("I")),
+			rt(q("execute s2"))(errMsg("26000"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "prepare s2 as select nosuch", SQLState: "42703"},
+			{Text: "execute s2", StatementName: "s2", SQLState: "26000"},
+		},
+	}, {
+		name: "EXECUTE of a protocol statement, then Bind of a SQL one",
+		steps: []step{
+			rt(parseMsg("p3", "select 3"), syncMsg)(parseComplete, rfq("I")),
+			rt(q("execute p3"))(cc("SELECT 1"), rfq("I")),
+			rt(q("prepare s3 as select 3"))(cc("PREPARE"), rfq("I")),
+			rt(bindMsg("", "s3"), execMsg(""), syncMsg)(bindComplete, cc("SELECT 1"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "execute p3", PreparedText: "select 3", StatementName: "p3"},
+			{Text: "prepare s3 as select 3"},
+			{Text: "prepare s3 as select 3", PreparedSQL: true, StatementName: "s3"},
+		},
+	}, {
+		name: "DEALLOCATE drops a protocol statement",
+		steps: []step{
+			rt(parseMsg("p4", "select 4"), syncMsg)(parseComplete, rfq("I")),
+			rt(q("deallocate prepare p4"))(cc("DEALLOCATE"), rfq("I")),
+			rt(bindMsg("", "p4"), execMsg(""), syncMsg)(errMsg("26000"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "deallocate prepare p4"},
+			{SQLState: "26000"},
+		},
+	}, {
+		name: "a failed DISCARD ALL drops nothing",
+		steps: []step{
+			rt(parseMsg("p5", "select 5"), syncMsg)(parseComplete, rfq("I")),
+			rt(q("begin"))(cc("BEGIN"), rfq("T")),
+			rt(q("discard all"))(errMsg("25001"), rfq("E")),
+			rt(q("rollback"))(cc("ROLLBACK"), rfq("I")),
+			rt(bindMsg("", "p5"), execMsg(""), syncMsg)(bindComplete, cc("SELECT 1"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "begin"}, {Text: "discard all", SQLState: "25001"}, {Text: "rollback"},
+			{Text: "select 5", StatementName: "p5"},
+		},
+	}, {
+		name: "DISCARD ALL drops every name but the unnamed statement",
+		steps: []step{
+			rt(parseMsg("p6", "select 6"), parseMsg("", "select 0"), syncMsg)(parseComplete, parseComplete, rfq("I")),
+			rt(q("DISCARD ALL;"))(cc("DISCARD ALL"), rfq("I")),
+			rt(bindMsg("", "p6"), execMsg(""), syncMsg)(errMsg("26000"), rfq("I")),
+			rt(bindMsg("", ""), execMsg(""), syncMsg)(bindComplete, cc("SELECT 1"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "DISCARD ALL;"},
+			{SQLState: "26000"},
+			{Text: "select 0"},
+		},
+	}, {
+		name: "a DEALLOCATE pipelined behind a Parse of the name",
+		steps: []step{
+			rt(parseMsg("p7", "select 7"), syncMsg, q("deallocate p7"), parseMsg("p7", "select 77"), syncMsg,
+				bindMsg("", "p7"), execMsg(""), syncMsg)(
+				parseComplete, rfq("I"), cc("DEALLOCATE"), rfq("I"), parseComplete, rfq("I"),
+				bindComplete, cc("SELECT 1"), rfq("I")),
+		},
+		want: []Statement{
+			{Text: "deallocate p7"},
+			{Text: "select 77", StatementName: "p7"},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := newScripted(t)
+			for _, st := range tt.steps {
+				sc.client(st.client...)
+				sc.server(st.server...)
+			}
+			got := statementEvents(sc.rec.wait(t, "statements", func(evs []Event) bool { return len(statementEvents(evs)) >= len(tt.want) }))
+			if len(got) != len(tt.want) {
+				t.Fatalf("%d statements, want %d", len(got), len(tt.want))
+			}
+			for i, w := range tt.want {
+				st := got[i].Stmt
+				if st.Text != w.Text || st.PreparedText != w.PreparedText || st.PreparedSQL != w.PreparedSQL ||
+					st.StatementName != w.StatementName || st.SQLState != w.SQLState {
+					t.Errorf("statement %d: text %q prepared %q sql %v name %q sqlstate %q\nwant text %q prepared %q sql %v name %q sqlstate %q",
+						i, st.Text, st.PreparedText, st.PreparedSQL, st.StatementName, st.SQLState,
+						w.Text, w.PreparedText, w.PreparedSQL, w.StatementName, w.SQLState)
+				}
+			}
+			if n := len(sc.fc.stmts); n > 2 {
+				t.Errorf("%d statement names kept", n)
+			}
+		})
+	}
+}
+
+// TestTrackResumedPortal: a portal run in several Executes is one
+// statement, from its first Execute to its CommandComplete, its close, its
+// replacement or the end of its transaction.
+func TestTrackResumedPortal(t *testing.T) {
+	suspended := msg('s', "")
+	tests := []struct {
+		name        string
+		client      [][]byte
+		server      [][]byte
+		want        []Statement // Outcome, Rows, Fetches, PortalName, CommandTag
+		wantPending int         // portals still suspended at the end
+	}{{
+		name: "to CommandComplete across batches",
+		client: [][]byte{
+			parseMsg("s", "select g"), bindMsg("c", "s"), execMsg("c"), syncMsg,
+			execMsg("c"), syncMsg,
+			execMsg("c"), syncMsg,
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), dataRow(), suspended, rfq("T"),
+			dataRow(), dataRow(), suspended, rfq("T"),
+			dataRow(), cc("SELECT 1"), rfq("T"),
+		},
+		want: []Statement{{Outcome: OutcomeComplete, Rows: 5, Fetches: 3, PortalName: "c", CommandTag: "SELECT 1"}},
+	}, {
+		name: "closed before its end",
+		client: [][]byte{
+			parseMsg("s", "select g"), bindMsg("c", "s"), execMsg("c"), execMsg("c"), syncMsg,
+			msg('C', "Pc\x00"), syncMsg,
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, dataRow(), suspended, rfq("T"),
+			msg('3', ""), rfq("T"),
+		},
+		want: []Statement{{Outcome: OutcomeSuspended, Rows: 2, Fetches: 2, PortalName: "c"}},
+	}, {
+		name: "the unnamed portal replaced by a Bind",
+		client: [][]byte{
+			parseMsg("", "select g"), bindMsg("", ""), execMsg(""), syncMsg,
+			bindMsg("", ""), execMsg(""), syncMsg,
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, rfq("T"),
+			bindComplete, dataRow(), cc("SELECT 1"), rfq("T"),
+		},
+		want: []Statement{
+			{Outcome: OutcomeSuspended, Rows: 1, Fetches: 1},
+			{Outcome: OutcomeComplete, Rows: 1, Fetches: 1, CommandTag: "SELECT 1"},
+		},
+	}, {
+		name: "the unnamed portal replaced by a Query",
+		client: [][]byte{
+			parseMsg("", "select g"), bindMsg("", ""), execMsg(""), syncMsg,
+			msg('Q', "select 1\x00"),
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, rfq("T"),
+			dataRow(), cc("SELECT 1"), rfq("T"),
+		},
+		want: []Statement{
+			{Outcome: OutcomeSuspended, Rows: 1, Fetches: 1},
+			{Outcome: OutcomeComplete, Rows: 1, CommandTag: "SELECT 1"},
+		},
+	}, {
+		name: "ended with its transaction",
+		client: [][]byte{
+			parseMsg("s", "select g"), bindMsg("c", "s"), execMsg("c"), syncMsg,
+			execMsg("c"), syncMsg,
+			msg('Q', "commit\x00"),
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, rfq("T"),
+			dataRow(), suspended, rfq("T"),
+			cc("COMMIT"), rfq("I"),
+		},
+		want: []Statement{
+			{Outcome: OutcomeSuspended, Rows: 2, Fetches: 2, PortalName: "c"},
+			{Outcome: OutcomeComplete, CommandTag: "COMMIT"},
+		},
+	}, {
+		name: "a failing fetch fails the statement",
+		client: [][]byte{
+			parseMsg("s", "select 1/g"), bindMsg("c", "s"), execMsg("c"), syncMsg,
+			execMsg("c"), syncMsg,
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, rfq("T"),
+			errMsg("22012"), rfq("E"),
+		},
+		want: []Statement{{Outcome: OutcomeError, Rows: 1, Fetches: 2, PortalName: "c"}},
+	}, {
+		name: "still open",
+		client: [][]byte{
+			parseMsg("s", "select g"), bindMsg("c", "s"), execMsg("c"), syncMsg,
+			msg('Q', "select 1\x00"),
+		},
+		server: [][]byte{
+			parseComplete, bindComplete, dataRow(), suspended, rfq("T"),
+			dataRow(), cc("SELECT 1"), rfq("T"),
+		},
+		want:        []Statement{{Outcome: OutcomeComplete, Rows: 1, CommandTag: "SELECT 1"}},
+		wantPending: 1,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := newScripted(t)
+			sc.client(tt.client...)
+			sc.server(tt.server...)
+			got := statementEvents(sc.rec.wait(t, "statements", func(evs []Event) bool { return len(statementEvents(evs)) >= len(tt.want) }))
+			if len(got) != len(tt.want) {
+				t.Fatalf("%d statements, want %d:\n%s", len(got), len(tt.want), dumpEvents(got))
+			}
+			for i, w := range tt.want {
+				st := got[i].Stmt
+				if st.Outcome != w.Outcome || st.Rows != w.Rows || st.Fetches != w.Fetches || st.PortalName != w.PortalName || st.CommandTag != w.CommandTag {
+					t.Errorf("statement %d: outcome %d rows %d fetches %d portal %q tag %q\nwant outcome %d rows %d fetches %d portal %q tag %q",
+						i, st.Outcome, st.Rows, st.Fetches, st.PortalName, st.CommandTag,
+						w.Outcome, w.Rows, w.Fetches, w.PortalName, w.CommandTag)
+				}
+				if st.End.Before(st.Start) {
+					t.Errorf("statement %d ends %v before it starts %v", i, st.End, st.Start)
+				}
+			}
+			if n := len(sc.bc.suspended); n != tt.wantPending {
+				t.Errorf("%d portals still suspended, want %d", n, tt.wantPending)
+			}
+		})
+	}
+}
+
+// TestTrackPreparedCap: a session that prepares more names than the relay
+// keeps has them forgotten and counted, and its later statements are
+// tracked as before.
+func TestTrackPreparedCap(t *testing.T) {
+	sc := newScripted(t)
+	var req, resp [][]byte
+	for i := 0; i <= maxPrepared; i++ {
+		req = append(req, parseMsg("s"+strconv.Itoa(i), "select "+strconv.Itoa(i)))
+		resp = append(resp, parseComplete)
+	}
+	req = append(req, syncMsg, bindMsg("", "s"+strconv.Itoa(maxPrepared)), execMsg(""), syncMsg)
+	resp = append(resp, rfq("I"), bindComplete, cc("SELECT 1"), rfq("I"))
+	sc.client(req...)
+	sc.server(resp...)
+	evs := statementEvents(sc.events(1))
+	if got := sc.s.srv.ForgottenStatements(); got != maxPrepared {
+		t.Errorf("ForgottenStatements = %d, want %d", got, maxPrepared)
+	}
+	if len(evs) != 1 || evs[0].Stmt.Text != "select "+strconv.Itoa(maxPrepared) {
+		t.Errorf("statement after the cap: %s", dumpEvents(evs))
+	}
+	if n := len(sc.fc.stmts); n != 1 {
+		t.Errorf("%d names kept, want 1", n)
 	}
 }
