@@ -34,6 +34,10 @@ type Config struct {
 	// DroppedEvents reports the relay's dropped events
 	// (wire.Server.DroppedEvents), as pgtrace.events.dropped. Optional.
 	DroppedEvents func() uint64
+	// ForgottenStatements reports the prepared statement names the relay
+	// forgot at its per-session cap (wire.Server.ForgottenStatements), as
+	// pgtrace.prepared_statements.forgotten. Optional.
+	ForgottenStatements func() uint64
 	// AnalyzerStats reports the fingerprint cache counters and invalid
 	// traceparents. Optional.
 	AnalyzerStats func() fingerprint.Stats

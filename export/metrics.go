@@ -25,6 +25,7 @@ type instruments struct {
 
 	connCount     metric.Int64ObservableUpDownCounter // db.client.connection.count
 	eventsDropped metric.Int64ObservableCounter       // pgtrace.events.dropped
+	forgotten     metric.Int64ObservableCounter       // pgtrace.prepared_statements.forgotten
 	spansDropped  metric.Int64ObservableCounter       // pgtrace.spans.dropped
 	cacheHits     metric.Int64ObservableCounter       // pgtrace.fingerprint.cache.hits
 	cacheMisses   metric.Int64ObservableCounter       // pgtrace.fingerprint.cache.misses
@@ -74,6 +75,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 	in.eventsDropped, err = m.Int64ObservableCounter("pgtrace.events.dropped",
 		metric.WithUnit("{event}"), metric.WithDescription("Relay events dropped because the observer queue was full."))
 	add(err)
+	in.forgotten, err = m.Int64ObservableCounter("pgtrace.prepared_statements.forgotten",
+		metric.WithUnit("{statement}"), metric.WithDescription("Prepared statement names forgotten because a session prepared more than the relay keeps; their executions are reported without text or trace context."))
+	add(err)
 	in.spansDropped, err = m.Int64ObservableCounter("pgtrace.spans.dropped",
 		metric.WithUnit("{span}"), metric.WithDescription("Spans dropped because the export queue was full."))
 	add(err)
@@ -93,7 +97,7 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		e.observe(o)
 		return nil
-	}, in.connCount, in.eventsDropped, in.spansDropped, in.cacheHits, in.cacheMisses, in.tpInvalid)
+	}, in.connCount, in.eventsDropped, in.forgotten, in.spansDropped, in.cacheHits, in.cacheMisses, in.tpInvalid)
 	if err != nil {
 		return fmt.Errorf("export: register callback: %w", err)
 	}
@@ -118,6 +122,9 @@ func (e *Exporter) observe(o metric.Observer) {
 	}
 	if e.cfg.DroppedEvents != nil {
 		o.ObserveInt64(in.eventsDropped, int64(e.cfg.DroppedEvents()))
+	}
+	if e.cfg.ForgottenStatements != nil {
+		o.ObserveInt64(in.forgotten, int64(e.cfg.ForgottenStatements()))
 	}
 	o.ObserveInt64(in.spansDropped, int64(e.SpansDropped()))
 	if e.cfg.AnalyzerStats != nil {

@@ -85,8 +85,9 @@ func TestObservableMetrics(t *testing.T) {
 	clearOTelEnv(t)
 	var dropped uint64 = 17
 	h := newHarness(t, Config{
-		DroppedEvents: func() uint64 { return dropped },
-		AnalyzerStats: func() fingerprint.Stats { return fingerprint.Stats{Hits: 90, Misses: 10, InvalidTraceparents: 3} },
+		DroppedEvents:       func() uint64 { return dropped },
+		ForgottenStatements: func() uint64 { return 4 },
+		AnalyzerStats:       func() fingerprint.Stats { return fingerprint.Stats{Hits: 90, Misses: 10, InvalidTraceparents: 3} },
 		Connections: func() []wire.ConnState {
 			return []wire.ConnState{{State: "idle"}, {State: "active"}, {State: "idle in transaction"}, {State: "idle"}, {State: "idle"}}
 		},
@@ -102,10 +103,10 @@ func TestObservableMetrics(t *testing.T) {
 	}
 	got := map[string]int64{}
 	for _, n := range []string{"pgtrace.events.dropped", "pgtrace.fingerprint.cache.hits", "pgtrace.fingerprint.cache.misses",
-		"pgtrace.traceparent.invalid", "pgtrace.spans.dropped"} {
+		"pgtrace.traceparent.invalid", "pgtrace.spans.dropped", "pgtrace.prepared_statements.forgotten"} {
 		got[n] = sum(n)
 	}
-	want := map[string]int64{"pgtrace.events.dropped": 17, "pgtrace.fingerprint.cache.hits": 90,
+	want := map[string]int64{"pgtrace.events.dropped": 17, "pgtrace.prepared_statements.forgotten": 4, "pgtrace.fingerprint.cache.hits": 90,
 		"pgtrace.fingerprint.cache.misses": 10, "pgtrace.traceparent.invalid": 3, "pgtrace.spans.dropped": 0}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("counters (-want +got):\n%s", diff)

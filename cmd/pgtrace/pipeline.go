@@ -41,14 +41,15 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		NoTenant:  cfg.TenantTag == "", // --tenant-tag "" turns tenants off
 	})
 	exp, err := export.New(ctx, export.Config{
-		UpstreamAddr:  cfg.Upstream,
-		SlowThreshold: cfg.SlowQueryThreshold,
-		KeepSlowSpans: cfg.KeepSlowSpans,
-		Logger:        log,
-		Version:       version,
-		DroppedEvents: ws.DroppedEvents,
-		AnalyzerStats: analyzer.Stats,
-		Connections:   ws.Connections,
+		UpstreamAddr:        cfg.Upstream,
+		SlowThreshold:       cfg.SlowQueryThreshold,
+		KeepSlowSpans:       cfg.KeepSlowSpans,
+		Logger:              log,
+		Version:             version,
+		DroppedEvents:       ws.DroppedEvents,
+		ForgottenStatements: ws.ForgottenStatements,
+		AnalyzerStats:       analyzer.Stats,
+		Connections:         ws.Connections,
 	})
 	if err != nil {
 		return observation{}, err
