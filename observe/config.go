@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/log"
@@ -48,19 +49,23 @@ type config struct {
 	Propagators    propagation.TextMapPropagator
 
 	// Setup.
-	ServiceName    string
-	ServiceVersion string
-	Environment    string
-	SamplingRatio  *float64
-	SpanExporters  []sdktrace.SpanExporter
-	MetricReaders  []sdkmetric.Reader
-	LogExporters   []sdklog.Exporter
+	ServiceName        string
+	DefaultServiceName string
+	ServiceVersion     string
+	Environment        string
+	SamplingRatio      *float64
+	SpanExporters      []sdktrace.SpanExporter
+	MetricReaders      []sdkmetric.Reader
+	LogExporters       []sdklog.Exporter
 
 	// HTTP.
 	TenantHeader    string
 	RequestIDHeader string
 	TenantRequired  bool
 	TenantValidator TenantValidator
+	IncomingBaggage bool
+	TenantHosts     []string
+	HTTPOptions     []otelhttp.Option
 
 	// Logs.
 	LogBridge bool
@@ -122,27 +127,17 @@ func (c *config) meter() metric.Meter {
 	return c.MeterProvider.Meter(ScopeName, metric.WithInstrumentationVersion(Version()))
 }
 
-// application is the sqlcommenter application tag and the default service
-// name: WithServiceName, then OTEL_SERVICE_NAME, then the service.name in
-// OTEL_RESOURCE_ATTRIBUTES.
+// application is the sqlcommenter application tag and the service name
+// Setup gives the resource: WithServiceName, then OTEL_SERVICE_NAME, then
+// the service.name in OTEL_RESOURCE_ATTRIBUTES, then WithDefaultServiceName.
 func (c *config) application() string {
 	if c.ServiceName != "" {
 		return c.ServiceName
 	}
-	return serviceNameFromEnv(os.Getenv)
-}
-
-func serviceNameFromEnv(getenv func(string) string) string {
-	if s := strings.TrimSpace(getenv("OTEL_SERVICE_NAME")); s != "" {
+	if s := env(os.Getenv).serviceName(); s != "" {
 		return s
 	}
-	for kv := range strings.SplitSeq(getenv("OTEL_RESOURCE_ATTRIBUTES"), ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if ok && strings.TrimSpace(k) == "service.name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
+	return c.DefaultServiceName
 }
 
 // WithTracerProvider sets the tracer provider. If none is given, the global
@@ -186,14 +181,26 @@ func WithPropagators(p propagation.TextMapPropagator) Option {
 	})
 }
 
-// WithServiceName sets service.name, overriding OTEL_SERVICE_NAME. It is also
-// the sqlcommenter application tag.
+// WithServiceName sets service.name, overriding OTEL_SERVICE_NAME and
+// OTEL_RESOURCE_ATTRIBUTES. It is also the sqlcommenter application tag.
+// A program that only wants a name for when the environment gives none
+// uses WithDefaultServiceName.
 func WithServiceName(name string) Option {
 	return optionFunc(func(c *config) { c.ServiceName = name })
 }
 
-// WithServiceVersion sets service.version. If it is not given, Setup uses the
-// main module's version from the build information, when there is one.
+// WithDefaultServiceName sets service.name (and the sqlcommenter
+// application tag) for when neither OTEL_SERVICE_NAME nor a service.name in
+// OTEL_RESOURCE_ATTRIBUTES gives one, so that the deployment can rename the
+// service without a rebuild.
+func WithDefaultServiceName(name string) Option {
+	return optionFunc(func(c *config) { c.DefaultServiceName = name })
+}
+
+// WithServiceVersion sets service.version, overriding the environment. If it
+// is not given, Setup uses the service.version of OTEL_RESOURCE_ATTRIBUTES,
+// else SERVICE_VERSION, else the main module's version from the build
+// information, when there is one.
 func WithServiceVersion(version string) Option {
 	return optionFunc(func(c *config) { c.ServiceVersion = version })
 }
@@ -275,6 +282,49 @@ func WithTenantValidator(v TenantValidator) Option {
 		if v != nil {
 			c.TenantRequired = true
 			c.TenantValidator = v
+		}
+	})
+}
+
+// WithIncomingBaggage makes the HTTP middleware keep the W3C baggage of
+// incoming requests, for a service whose callers are trusted to set it. By
+// default the middleware drops it: baggage from outside is not trusted and
+// would otherwise be forwarded by NewTransport. Even with this option the
+// tenant.id member is dropped: the tenant comes only from the tenant header,
+// checked by WithTenantValidator (see Tenant).
+func WithIncomingBaggage() Option {
+	return optionFunc(func(c *config) { c.IncomingBaggage = true })
+}
+
+// WithTenantHosts lists the hosts NewTransport sends the tenant to: its
+// tenant header and the baggage (which carries tenant.id). Requests to other
+// hosts get the trace context and the request id only. An entry is a host
+// name (any port), a host:port, or "*.example.com" for every host under
+// example.com; case does not matter. Without this option the tenant goes to
+// no host. Repeated options add to the list.
+func WithTenantHosts(hosts ...string) Option {
+	return optionFunc(func(c *config) {
+		for _, h := range hosts {
+			if h = strings.ToLower(strings.TrimSpace(h)); h != "" {
+				c.TenantHosts = append(c.TenantHosts, h)
+			}
+		}
+	})
+}
+
+// WithHTTPOptions passes opts to otelhttp, after this package's own (the
+// providers and propagators), in NewHandler, NewMiddleware and NewTransport.
+// For example otelhttp.WithFilter keeps health checks out of the traces:
+//
+//	observe.WithHTTPOptions(otelhttp.WithFilter(func(r *http.Request) bool {
+//		return r.URL.Path != "/healthz"
+//	}))
+func WithHTTPOptions(opts ...otelhttp.Option) Option {
+	return optionFunc(func(c *config) {
+		for _, o := range opts {
+			if o != nil {
+				c.HTTPOptions = append(c.HTTPOptions, o)
+			}
 		}
 	})
 }

@@ -63,13 +63,16 @@ func ContextWithRequestID(ctx context.Context, id string) context.Context {
 	return context.WithValue(withBaggage(ctx, string(RequestIDKey), id), ctxKey{}, &s)
 }
 
-// Tenant returns the tenant id of ctx: the one the middleware or
-// ContextWithTenant stored, else the tenant.id baggage member, else "".
+// Tenant returns the tenant id of ctx: the one the middleware took from the
+// tenant header (past WithTenantValidator), or the one ContextWithTenant
+// stored, else "". It never reads the tenant.id baggage member, which a
+// caller could set to anything: work that learns its tenant some other way
+// (a queue message) validates it and calls ContextWithTenant.
 func Tenant(ctx context.Context) string {
-	if s := stateFrom(ctx); s != nil && s.tenant != "" {
+	if s := stateFrom(ctx); s != nil {
 		return s.tenant
 	}
-	return baggage.FromContext(ctx).Member(string(TenantIDKey)).Value()
+	return ""
 }
 
 // RequestID returns the request id of ctx: the one the middleware or

@@ -89,8 +89,10 @@ func TestOpenDBUnsampledAndExistingComment(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "SELECT current_query()").Scan(&q); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(q, "traceparent") || !strings.Contains(q, "application='partners'") {
-		t.Errorf("unsampled: server saw %q", q)
+	// An unsampled span still names its trace, with flags 00, so that the
+	// proxy follows the decision and groups the request's statements.
+	if want := "traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'"; !strings.Contains(q, want) || !strings.Contains(q, "application='partners'") {
+		t.Errorf("unsampled: server saw %q, want %s", q, want)
 	}
 	ctx = sampledContext(context.Background(), true)
 	const own = "SELECT current_query() /* mine */"

@@ -10,11 +10,14 @@
 // # Setup
 //
 // Setup builds the tracer, meter and logger providers from the standard
-// OTEL_* variables (plus ENVIRONMENT and OTEL_TRACES_SAMPLING_RATIO),
-// installs them and the W3C propagators globally, and returns a shutdown
-// function that flushes them:
+// OTEL_* variables (plus the guide's ENVIRONMENT, SERVICE_VERSION and
+// OTEL_TRACES_SAMPLING_RATIO), installs them and the W3C propagators
+// globally, and returns a shutdown function that flushes them. OTLP goes
+// over gRPC or HTTP, as OTEL_EXPORTER_OTLP_PROTOCOL says.
+// WithDefaultServiceName names the service unless OTEL_SERVICE_NAME or
+// OTEL_RESOURCE_ATTRIBUTES does:
 //
-//	shutdown, err := observe.Setup(ctx, observe.WithServiceName("partners"))
+//	shutdown, err := observe.Setup(ctx, observe.WithDefaultServiceName("partners"))
 //	if err != nil { ... }
 //	defer func() { err = errors.Join(err, shutdown(context.WithoutCancel(ctx))) }()
 //
@@ -26,7 +29,14 @@
 // NewHandler wraps a ServeMux with otelhttp and adds tenant and request-id
 // handling; Tenant, RequestID and Route read them back from a context.
 // NewTransport is the client side: otelhttp's transport that also forwards
-// the tenant and request id. DebugHandler answers /debug/observability.
+// the request id, and the tenant to the hosts of WithTenantHosts.
+// WithHTTPOptions passes options such as otelhttp.WithFilter through.
+// DebugHandler answers /debug/observability.
+//
+// Tenants are trusted only as they come in through the tenant header (and
+// WithTenantValidator) or ContextWithTenant: the middleware drops the W3C
+// baggage requests arrive with (WithIncomingBaggage keeps it, less its
+// tenant.id), and Tenant never reads baggage.
 //
 // # Logs
 //
@@ -39,7 +49,11 @@
 // OpenDB and WrapConnector give a *sql.DB whose statements carry a
 // sqlcommenter comment (application, db_driver, route, tenant_id,
 // traceparent, tracestate); Comment does the same for a query string for
-// other drivers. They make no span per query: the proxy makes those, under
+// other drivers. The traceparent is written whenever the span context is
+// valid, sampled (flags 01) or not (00): pgtrace then follows the app's
+// sampling decision, groups a request's N+1 by its trace id at any ratio,
+// and a statement span it keeps anyway (slow, failed, N+1) names the
+// request's trace. They make no span per query: the proxy makes those, under
 // the traceparent of the comment. TracedTx and TracedOp start a span around
 // a transaction or an operation, which then becomes the traceparent of its
 // statements.

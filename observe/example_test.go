@@ -10,13 +10,17 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/baggage"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dotmac/pgtrace/observe"
@@ -70,7 +74,12 @@ func ExampleNewTransport() {
 	}))
 	defer upstream.Close()
 
-	client := &http.Client{Transport: observe.NewTransport(nil)}
+	// The tenant goes only to the hosts listed (here the test server's
+	// address; in production names such as "billing.internal" or
+	// "*.svc.cluster.local"); every host gets the trace context and the
+	// request id.
+	u, _ := url.Parse(upstream.URL)
+	client := &http.Client{Transport: observe.NewTransport(nil, observe.WithTenantHosts(u.Host))}
 	// In a handler behind NewHandler the context already carries both.
 	ctx := observe.ContextWithRequestID(observe.ContextWithTenant(context.Background(), "acme"), "req-1")
 	req, _ := http.NewRequestWithContext(ctx, "GET", upstream.URL, nil)
@@ -82,6 +91,50 @@ func ExampleNewTransport() {
 	body, _ := io.ReadAll(resp.Body)
 	fmt.Println(string(body))
 	// Output: acme req-1
+}
+
+func ExampleWithHTTPOptions() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "traced=", trace.SpanFromContext(r.Context()).SpanContext().IsValid())
+	})
+	mux.HandleFunc("GET /partners", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "traced=", trace.SpanFromContext(r.Context()).SpanContext().IsValid())
+	})
+	tp := sdktrace.NewTracerProvider() // Setup installs one globally
+	defer tp.Shutdown(context.Background())
+
+	// Health checks make no spans.
+	h := observe.NewHandler(mux, observe.WithTracerProvider(tp),
+		observe.WithHTTPOptions(otelhttp.WithFilter(func(r *http.Request) bool {
+			return r.URL.Path != "/healthz"
+		})))
+	for _, path := range []string{"/healthz", "/partners"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		fmt.Println(path, rec.Body.String())
+	}
+	// Output:
+	// /healthz traced=false
+	// /partners traced=true
+}
+
+func ExampleWithIncomingBaggage() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
+		b := baggage.FromContext(r.Context())
+		fmt.Fprintf(w, "tenant=%q team=%q", observe.Tenant(r.Context()), b.Member("team").Value())
+	})
+	for _, opts := range [][]observe.Option{nil, {observe.WithIncomingBaggage()}} {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.Header.Set("baggage", "tenant.id=someone-else,team=payments")
+		rec := httptest.NewRecorder()
+		observe.NewHandler(mux, opts...).ServeHTTP(rec, req)
+		fmt.Println(rec.Body.String())
+	}
+	// Output:
+	// tenant="" team=""
+	// tenant="" team="payments"
 }
 
 func ExampleNewLogHandler() {
@@ -108,18 +161,25 @@ func ExampleComment() {
 	}
 	defer shutdown(ctx)
 
-	// The current span is the traceparent; only sampled spans are written.
+	// The current span is the traceparent, with its sampled flag: -01 when
+	// sampled, -00 when not (pgtrace then follows that decision, and still
+	// groups the request's N+1s by its trace id).
 	tid, _ := trace.TraceIDFromHex("0af7651916cd43dd8448eb211c80319c")
 	sid, _ := trace.SpanIDFromHex("b7ad6b7169203331")
-	ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+	sampled := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled,
 	}))
-	ctx = observe.ContextWithTenant(ctx, "acme")
+	sampled = observe.ContextWithTenant(sampled, "acme")
+	unsampled := trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: tid, SpanID: sid,
+	}))
 
-	fmt.Println(observe.Comment(ctx, "SELECT * FROM partners WHERE id = $1;"))
-	fmt.Println(observe.Comment(ctx, "SELECT 1 /* already commented */"))
+	fmt.Println(observe.Comment(sampled, "SELECT * FROM partners WHERE id = $1;"))
+	fmt.Println(observe.Comment(unsampled, "SELECT 1"))
+	fmt.Println(observe.Comment(sampled, "SELECT 1 /* already commented */"))
 	// Output:
 	// SELECT * FROM partners WHERE id = $1 /*application='partners',tenant_id='acme',traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/;
+	// SELECT 1 /*application='partners',traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00'*/
 	// SELECT 1 /* already commented */
 }
 
@@ -215,4 +275,17 @@ func ExampleDebugHandler() {
 	fmt.Println(strings.Contains(string(body), `"trace_id":"0af7651916cd43dd8448eb211c80319c"`),
 		strings.Contains(string(body), `"sampled":true`))
 	// Output: true true
+}
+
+func ExampleWithDefaultServiceName() {
+	// "partners" unless the deployment names the service with
+	// OTEL_SERVICE_NAME or service.name in OTEL_RESOURCE_ATTRIBUTES; the
+	// version comes from OTEL_RESOURCE_ATTRIBUTES, else SERVICE_VERSION,
+	// else the build information.
+	ctx := context.Background()
+	shutdown, err := observe.Setup(ctx, observe.WithDefaultServiceName("partners"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer shutdown(ctx)
 }

@@ -12,6 +12,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -52,6 +53,9 @@ func NewHandler(h http.Handler, opts ...Option) http.Handler {
 //   - takes the tenant id from the tenant header; with WithTenantRequired or
 //     WithTenantValidator, a missing or rejected tenant gets 400 Bad Request
 //     with a JSON body {"error": "..."} and the next handler is not called;
+//   - drops the baggage the request came with, unless WithIncomingBaggage
+//     (and then still its tenant.id member: a tenant comes only from the
+//     tenant header, past the validator);
 //   - puts tenant and request id into the context (see Tenant, RequestID,
 //     Route), into the baggage, and onto the span as tenant.id and
 //     request.id;
@@ -70,6 +74,7 @@ func NewMiddleware(opts ...Option) func(http.Handler) http.Handler {
 		otelhttp.WithMeterProvider(c.MeterProvider),
 		otelhttp.WithPropagators(c.Propagators),
 	}
+	otelOpts = append(otelOpts, c.HTTPOptions...)
 	return func(next http.Handler) http.Handler {
 		return otelhttp.NewHandler(&tenantHandler{next: next, cfg: c, inst: inst}, "", otelOpts...)
 	}
@@ -105,7 +110,7 @@ type tenantHandler struct {
 }
 
 func (h *tenantHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
+	ctx := dropIncomingBaggage(r.Context(), h.cfg.IncomingBaggage)
 	span := trace.SpanFromContext(ctx)
 
 	reqID := r.Header.Get(h.cfg.RequestIDHeader)
@@ -189,6 +194,19 @@ func (h *tenantHandler) done(ctx context.Context, span trace.Span, r, r2 *http.R
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errType))
 		h.inst.errors.Add(ctx, 1, metric.WithAttributes(attrs...))
 	}
+}
+
+// dropIncomingBaggage removes the baggage otelhttp extracted from the
+// request: all of it, or with keep only its tenant.id member.
+func dropIncomingBaggage(ctx context.Context, keep bool) context.Context {
+	b := baggage.FromContext(ctx)
+	if b.Len() == 0 {
+		return ctx
+	}
+	if !keep {
+		return baggage.ContextWithoutBaggage(ctx)
+	}
+	return baggage.ContextWithBaggage(ctx, b.DeleteMember(string(TenantIDKey)))
 }
 
 func (h *tenantHandler) reject(ctx context.Context, w http.ResponseWriter, tenant, msg string) {

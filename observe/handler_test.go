@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,7 +25,20 @@ import (
 type seen struct {
 	Tenant, RequestID, Route string
 	BaggageTenant            string
+	Baggage                  string
+	Comment                  string
 	SpanValid                bool
+}
+
+// sortedBaggage is the baggage of ctx as key=value members, sorted and
+// comma-joined (Baggage.String's order is not fixed).
+func sortedBaggage(ctx context.Context) string {
+	var ms []string
+	for _, m := range baggage.FromContext(ctx).Members() {
+		ms = append(ms, m.Key()+"="+m.Value())
+	}
+	slices.Sort(ms)
+	return strings.Join(ms, ",")
 }
 
 func newTestMux(got *seen) *http.ServeMux {
@@ -36,6 +50,8 @@ func newTestMux(got *seen) *http.ServeMux {
 			RequestID:     observe.RequestID(ctx),
 			Route:         observe.Route(ctx),
 			BaggageTenant: baggage.FromContext(ctx).Member("tenant.id").Value(),
+			Baggage:       sortedBaggage(ctx),
+			Comment:       observe.Comment(ctx, "SELECT 1"),
 			SpanValid:     trace.SpanContextFromContext(ctx).IsValid(),
 		}
 		_, _ = io.WriteString(w, "ok")
@@ -63,7 +79,8 @@ func TestHandlerSpanContextAndMetrics(t *testing.T) {
 	if reqID == "" {
 		t.Fatal("no generated x-request-id in the response")
 	}
-	want := seen{Tenant: "acme", RequestID: reqID, Route: "/items/{id}", BaggageTenant: "acme", SpanValid: true}
+	want := seen{Tenant: "acme", RequestID: reqID, Route: "/items/{id}", BaggageTenant: "acme", SpanValid: true,
+		Baggage: "request.id=" + reqID + ",tenant.id=acme", Comment: got.Comment}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("handler context (-want +got):\n%s", diff)
 	}
@@ -219,15 +236,64 @@ func TestHandlerParentsUnderIncomingTrace(t *testing.T) {
 	h := observe.NewHandler(newTestMux(&got), tel.options()...)
 	req := httptest.NewRequest("GET", "/items/1", nil)
 	req.Header.Set("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-	req.Header.Set("baggage", "tenant.id=from-baggage")
 	h.ServeHTTP(httptest.NewRecorder(), req)
 	s := tel.spans.Ended()[0]
 	if s.Parent().SpanID().String() != "b7ad6b7169203331" || s.SpanContext().TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
 		t.Errorf("span not parented under incoming traceparent: parent %v", s.Parent())
 	}
-	// Without a tenant header, Tenant falls back to the baggage.
-	if got.Tenant != "from-baggage" {
-		t.Errorf("Tenant = %q, want from-baggage", got.Tenant)
+}
+
+// TestHandlerIncomingBaggage: a tenant comes only from the tenant header;
+// incoming baggage is dropped unless the service opts in, and its tenant.id
+// member is dropped even then.
+func TestHandlerIncomingBaggage(t *testing.T) {
+	const incoming = "tenant.id=evil,team=x"
+	for _, tc := range []struct {
+		name   string
+		opts   []observe.Option
+		header string // x-tenant-id
+		want   seen   // Tenant, BaggageTenant, Baggage
+	}{
+		{name: "dropped by default", want: seen{}},
+		{name: "header wins", header: "acme", want: seen{Tenant: "acme", BaggageTenant: "acme"}},
+		{name: "opted in: kept without tenant.id", opts: []observe.Option{observe.WithIncomingBaggage()},
+			want: seen{Baggage: "team=x"}},
+		{name: "opted in with header", opts: []observe.Option{observe.WithIncomingBaggage()}, header: "acme",
+			want: seen{Tenant: "acme", BaggageTenant: "acme", Baggage: "team=x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tel := newTelemetry(t)
+			var got seen
+			h := observe.NewHandler(newTestMux(&got), tel.options(tc.opts...)...)
+			req := httptest.NewRequest("GET", "/items/1", nil)
+			req.Header.Set("baggage", incoming)
+			if tc.header != "" {
+				req.Header.Set("x-tenant-id", tc.header)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status %d", rec.Code)
+			}
+			if got.Tenant != tc.want.Tenant || got.BaggageTenant != tc.want.BaggageTenant {
+				t.Errorf("Tenant = %q, baggage tenant.id = %q; want %q, %q", got.Tenant, got.BaggageTenant, tc.want.Tenant, tc.want.BaggageTenant)
+			}
+			// The middleware adds request.id; the rest is what came in.
+			var rest []string
+			for _, m := range strings.Split(got.Baggage, ",") {
+				if m != "" && !strings.HasPrefix(m, "request.id=") && !strings.HasPrefix(m, "tenant.id=") {
+					rest = append(rest, m)
+				}
+			}
+			if strings.Join(rest, ",") != tc.want.Baggage {
+				t.Errorf("baggage %q, want %q besides tenant.id and request.id", got.Baggage, tc.want.Baggage)
+			}
+			// The sqlcommenter comment carries only the header's tenant.
+			if tag := "tenant_id='" + tc.want.Tenant + "'"; tc.want.Tenant != "" && !strings.Contains(got.Comment, tag) ||
+				tc.want.Tenant == "" && strings.Contains(got.Comment, "tenant_id") {
+				t.Errorf("Comment = %s, want tenant %q", got.Comment, tc.want.Tenant)
+			}
+		})
 	}
 }
 

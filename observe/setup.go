@@ -6,14 +6,15 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
-	"strconv"
-	"strings"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploghttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/log/global"
 	"go.opentelemetry.io/otel/propagation"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
@@ -23,26 +24,17 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
-// Environment variables Setup reads itself; the OTLP exporters and the SDK
-// read the other OTEL_* variables (endpoints, headers, insecure, timeouts,
-// OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_METRIC_EXPORT_INTERVAL, …).
-const (
-	// EnvEnvironment sets deployment.environment.name.
-	EnvEnvironment = "ENVIRONMENT"
-	// EnvSamplingRatio is the guide's sampling ratio variable: the ratio of
-	// root spans sampled, children following their parent. OTEL_TRACES_SAMPLER
-	// takes precedence when both are set.
-	EnvSamplingRatio = "OTEL_TRACES_SAMPLING_RATIO"
-)
-
 // Setup builds tracer, meter and logger providers, installs them and the
 // W3C tracecontext and baggage propagators globally, and returns a shutdown
 // function that flushes and stops them all, returning every error it met.
 //
-// Precedence is options > environment variables > defaults. The resource has
-// service.name (WithServiceName, OTEL_SERVICE_NAME), service.version
-// (WithServiceVersion, else the main module's version), and
-// deployment.environment.name (WithEnvironment, ENVIRONMENT), plus
+// Precedence is options > environment variables > defaults. The resource
+// has service.name (WithServiceName, else OTEL_SERVICE_NAME or the
+// service.name of OTEL_RESOURCE_ATTRIBUTES, else WithDefaultServiceName),
+// service.version (WithServiceVersion, else OTEL_RESOURCE_ATTRIBUTES, else
+// SERVICE_VERSION, else the main module's version), and
+// deployment.environment.name (WithEnvironment, else
+// OTEL_RESOURCE_ATTRIBUTES, else ENVIRONMENT), plus the rest of
 // OTEL_RESOURCE_ATTRIBUTES.
 //
 // Sampling is parent-based: a sampled parent's children are sampled; roots
@@ -50,11 +42,16 @@ const (
 // OTEL_TRACES_SAMPLER (read by the SDK), else OTEL_TRACES_SAMPLING_RATIO,
 // else always.
 //
-// Each signal is exported with OTLP over gRPC when an endpoint is set for it
+// Each signal is exported with OTLP when an endpoint is set for it
 // (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT)
-// and OTEL_{TRACES,METRICS,LOGS}_EXPORTER is not "none". With no endpoint
-// Setup does not fail: the signal has no exporter (spans still get ids, so
-// logs and sqlcommenter comments still carry them). WithSpanExporter,
+// and OTEL_{TRACES,METRICS,LOGS}_EXPORTER is not "none", over gRPC or
+// HTTP as OTEL_EXPORTER_OTLP_PROTOCOL (or its per-signal variant) says:
+// "grpc", the default, or "http/protobuf". The exporters read the other
+// OTEL_EXPORTER_OTLP_* variables as the specification says; with
+// http/protobuf, OTEL_EXPORTER_OTLP_ENDPOINT is a base URL to which
+// /v1/traces, /v1/metrics and /v1/logs are appended. With no endpoint Setup
+// does not fail: the signal has no exporter (spans still get ids, so logs
+// and sqlcommenter comments still carry them). WithSpanExporter,
 // WithMetricReader and WithLogExporter add exporters of the caller's.
 func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) error, err error) {
 	c := newConfig(opts...)
@@ -73,11 +70,20 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 		}
 	}()
 
-	res, err := newResource(ctx, c, os.Getenv)
+	e := env(os.Getenv)
+	// Every variable is checked before any exporter exists, so that a
+	// mistake fails fast, without a shutdown that waits on exporters.
+	var protos [3]string
+	for i, signal := range [...]string{"TRACES", "METRICS", "LOGS"} {
+		if protos[i], err = e.otlpProtocol(signal); err != nil {
+			return nil, err
+		}
+	}
+	res, err := newResource(ctx, c, e)
 	if err != nil {
 		return nil, err
 	}
-	sampler, err := newSampler(c, os.Getenv)
+	sampler, err := newSampler(c, e)
 	if err != nil {
 		return nil, err
 	}
@@ -88,17 +94,15 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 		tpOpts = append(tpOpts, sdktrace.WithSampler(sampler))
 	}
 	exporters := c.SpanExporters
-	if on, err := otlpEnabled("TRACES", os.Getenv); err != nil {
-		return nil, err
-	} else if on {
-		e, err := otlptracegrpc.New(ctx)
+	if proto := protos[0]; proto != "" {
+		exp, err := newOTLPSpanExporter(ctx, proto)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP trace exporter: %w", err)
+			return nil, fmt.Errorf("observe: OTLP trace exporter (%s): %w", proto, err)
 		}
-		exporters = append(exporters, e)
+		exporters = append(exporters, exp)
 	}
-	for _, e := range exporters {
-		tpOpts = append(tpOpts, sdktrace.WithBatcher(e))
+	for _, exp := range exporters {
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
 	}
 	tp := sdktrace.NewTracerProvider(tpOpts...)
 	shutdowns = append(shutdowns, tp.Shutdown)
@@ -108,14 +112,12 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	for _, r := range c.MetricReaders {
 		mpOpts = append(mpOpts, sdkmetric.WithReader(r))
 	}
-	if on, err := otlpEnabled("METRICS", os.Getenv); err != nil {
-		return nil, err
-	} else if on {
-		e, err := otlpmetricgrpc.New(ctx)
+	if proto := protos[1]; proto != "" {
+		exp, err := newOTLPMetricExporter(ctx, proto)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP metric exporter: %w", err)
+			return nil, fmt.Errorf("observe: OTLP metric exporter (%s): %w", proto, err)
 		}
-		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e)))
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
 	}
 	mp := sdkmetric.NewMeterProvider(mpOpts...)
 	shutdowns = append(shutdowns, mp.Shutdown)
@@ -123,17 +125,15 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	// Logs.
 	lpOpts := []sdklog.LoggerProviderOption{sdklog.WithResource(res)}
 	logExporters := c.LogExporters
-	if on, err := otlpEnabled("LOGS", os.Getenv); err != nil {
-		return nil, err
-	} else if on {
-		e, err := otlploggrpc.New(ctx)
+	if proto := protos[2]; proto != "" {
+		exp, err := newOTLPLogExporter(ctx, proto)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP log exporter: %w", err)
+			return nil, fmt.Errorf("observe: OTLP log exporter (%s): %w", proto, err)
 		}
-		logExporters = append(logExporters, e)
+		logExporters = append(logExporters, exp)
 	}
-	for _, e := range logExporters {
-		lpOpts = append(lpOpts, sdklog.WithProcessor(sdklog.NewBatchProcessor(e)))
+	for _, exp := range logExporters {
+		lpOpts = append(lpOpts, sdklog.WithProcessor(sdklog.NewBatchProcessor(exp)))
 	}
 	lp := sdklog.NewLoggerProvider(lpOpts...)
 	shutdowns = append(shutdowns, lp.Shutdown)
@@ -147,34 +147,41 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	return shutdownAll, nil
 }
 
-func newResource(ctx context.Context, c *config, getenv func(string) string) (*resource.Resource, error) {
-	var attrs []attribute.KeyValue
-	if env := c.Environment; env != "" {
-		attrs = append(attrs, semconv.DeploymentEnvironmentNameKey.String(env))
+// newResource builds the resource from the defaults, then the environment,
+// then the options: later sources override earlier ones.
+func newResource(ctx context.Context, c *config, e env) (*resource.Resource, error) {
+	var defaults []attribute.KeyValue
+	if c.DefaultServiceName != "" {
+		defaults = append(defaults, semconv.ServiceName(c.DefaultServiceName))
 	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		defaults = append(defaults, semconv.ServiceVersion(bi.Main.Version))
+	}
+	// The guide's variables, below the OTEL_* ones (WithFromEnv).
+	var guide []attribute.KeyValue
+	if v := e.get(EnvServiceVersion); v != "" {
+		guide = append(guide, semconv.ServiceVersion(v))
+	}
+	if v := e.environment(); v != "" {
+		guide = append(guide, semconv.DeploymentEnvironmentNameKey.String(v))
+	}
+	var opts []attribute.KeyValue
 	if c.ServiceName != "" {
-		attrs = append(attrs, semconv.ServiceName(c.ServiceName))
+		opts = append(opts, semconv.ServiceName(c.ServiceName))
 	}
-	version := c.ServiceVersion
-	if version == "" {
-		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-			version = bi.Main.Version
-		}
+	if c.ServiceVersion != "" {
+		opts = append(opts, semconv.ServiceVersion(c.ServiceVersion))
 	}
-	if version != "" {
-		attrs = append(attrs, semconv.ServiceVersion(version))
+	if c.Environment != "" {
+		opts = append(opts, semconv.DeploymentEnvironmentNameKey.String(c.Environment))
 	}
-	var envAttrs []attribute.KeyValue
-	if env := strings.TrimSpace(getenv(EnvEnvironment)); env != "" {
-		envAttrs = append(envAttrs, semconv.DeploymentEnvironmentNameKey.String(env))
-	}
-	// Later detectors override earlier ones.
 	r, err := resource.New(ctx,
 		resource.WithSchemaURL(semconv.SchemaURL),
 		resource.WithTelemetrySDK(),
-		resource.WithAttributes(envAttrs...),
+		resource.WithAttributes(defaults...),
+		resource.WithAttributes(guide...),
 		resource.WithFromEnv(),
-		resource.WithAttributes(attrs...),
+		resource.WithAttributes(opts...),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("observe: resource: %w", err)
@@ -188,16 +195,14 @@ func newResource(ctx context.Context, c *config, getenv func(string) string) (*r
 
 // newSampler returns the sampler Setup passes to the SDK, or nil to let the
 // SDK read OTEL_TRACES_SAMPLER or use its default (parent-based, always on).
-func newSampler(c *config, getenv func(string) string) (sdktrace.Sampler, error) {
+func newSampler(c *config, e env) (sdktrace.Sampler, error) {
 	ratio := c.SamplingRatio
-	if ratio == nil && getenv("OTEL_TRACES_SAMPLER") == "" {
-		if s := strings.TrimSpace(getenv(EnvSamplingRatio)); s != "" {
-			r, err := strconv.ParseFloat(s, 64)
-			if err != nil {
-				return nil, fmt.Errorf("observe: %s=%q: %w", EnvSamplingRatio, s, err)
-			}
-			ratio = &r
+	if ratio == nil {
+		r, err := e.samplingRatio()
+		if err != nil {
+			return nil, err
 		}
+		ratio = r
 	}
 	if ratio == nil {
 		return nil, nil
@@ -208,28 +213,23 @@ func newSampler(c *config, getenv func(string) string) (sdktrace.Sampler, error)
 	return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(*ratio)), nil
 }
 
-// otlpEnabled reports whether signal (TRACES, METRICS, LOGS) is to be
-// exported with OTLP: an endpoint is set and the exporter is not "none".
-func otlpEnabled(signal string, getenv func(string) string) (bool, error) {
-	switch exp := strings.TrimSpace(getenv("OTEL_" + signal + "_EXPORTER")); exp {
-	case "none":
-		return false, nil
-	case "", "otlp":
-	default:
-		return false, fmt.Errorf("observe: OTEL_%s_EXPORTER=%q is not supported (want otlp or none)", signal, exp)
+func newOTLPSpanExporter(ctx context.Context, proto string) (sdktrace.SpanExporter, error) {
+	if proto == protocolHTTP {
+		return otlptracehttp.New(ctx)
 	}
-	if getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") == "" {
-		return false, nil
+	return otlptracegrpc.New(ctx)
+}
+
+func newOTLPMetricExporter(ctx context.Context, proto string) (sdkmetric.Exporter, error) {
+	if proto == protocolHTTP {
+		return otlpmetrichttp.New(ctx)
 	}
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
-		switch p := strings.TrimSpace(getenv(k)); p {
-		case "":
-			continue
-		case "grpc":
-			return true, nil
-		default:
-			return false, fmt.Errorf("observe: %s=%q is not supported (want grpc)", k, p)
-		}
+	return otlpmetricgrpc.New(ctx)
+}
+
+func newOTLPLogExporter(ctx context.Context, proto string) (sdklog.Exporter, error) {
+	if proto == protocolHTTP {
+		return otlploghttp.New(ctx)
 	}
-	return true, nil
+	return otlploggrpc.New(ctx)
 }

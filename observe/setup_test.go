@@ -2,18 +2,29 @@ package observe_test
 
 import (
 	"context"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	otellog "go.opentelemetry.io/otel/log"
 	"go.opentelemetry.io/otel/log/global"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	collogpb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/observe"
 )
 
@@ -37,7 +48,8 @@ func clearOTelEnv(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
 		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
 		"OTEL_LOGS_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_SAMPLING_RATIO",
-		"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "ENVIRONMENT",
+		"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "ENVIRONMENT", "SERVICE_VERSION",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
 	} {
 		t.Setenv(k, "")
 	}
@@ -119,7 +131,8 @@ func TestSetupErrors(t *testing.T) {
 		{env: map[string]string{"OTEL_TRACES_SAMPLING_RATIO": "lots"}, want: "OTEL_TRACES_SAMPLING_RATIO"},
 		{opts: []observe.Option{observe.WithSamplingRatio(2)}, want: "not between 0 and 1"},
 		{env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, want: "OTEL_TRACES_EXPORTER"},
-		{env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, want: "OTEL_EXPORTER_OTLP_PROTOCOL"},
+		{env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, want: "OTEL_EXPORTER_OTLP_PROTOCOL"},
+		{env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "udp"}, want: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			restoreGlobals(t)
@@ -160,3 +173,209 @@ func TestSetupOTLPEndpoint(t *testing.T) {
 type keepExporter struct{ *tracetest.InMemoryExporter }
 
 func (keepExporter) Shutdown(context.Context) error { return nil }
+
+// TestSetupResource: the environment names the service before the
+// program's defaults; options override both.
+func TestSetupResource(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		env          map[string]string
+		opts         []observe.Option
+		svc, version string
+	}{
+		{name: "default name", opts: []observe.Option{observe.WithDefaultServiceName("partners")},
+			svc: "partners"},
+		{name: "OTEL_SERVICE_NAME over the default", env: map[string]string{"OTEL_SERVICE_NAME": "billing"},
+			opts: []observe.Option{observe.WithDefaultServiceName("partners")}, svc: "billing"},
+		{name: "OTEL_RESOURCE_ATTRIBUTES over the default and SERVICE_VERSION",
+			env:  map[string]string{"OTEL_RESOURCE_ATTRIBUTES": "service.name=billing%20eu,service.version=2.0", "SERVICE_VERSION": "1.0"},
+			opts: []observe.Option{observe.WithDefaultServiceName("partners")}, svc: "billing eu", version: "2.0"},
+		{name: "SERVICE_VERSION", env: map[string]string{"SERVICE_VERSION": "1.0", "OTEL_SERVICE_NAME": "billing"},
+			svc: "billing", version: "1.0"},
+		{name: "options over the environment", env: map[string]string{"OTEL_SERVICE_NAME": "billing", "SERVICE_VERSION": "1.0"},
+			opts: []observe.Option{observe.WithServiceName("checkout"), observe.WithServiceVersion("3.0")}, svc: "checkout", version: "3.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			restoreGlobals(t)
+			clearOTelEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			reader := sdkmetric.NewManualReader()
+			ctx := context.Background()
+			shutdown, err := observe.Setup(ctx, append(tc.opts, observe.WithMetricReader(reader))...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer shutdown(ctx)
+			var rm metricdata.ResourceMetrics
+			if err := reader.Collect(ctx, &rm); err != nil {
+				t.Fatal(err)
+			}
+			set := rm.Resource.Set()
+			if v, _ := set.Value("service.name"); v.AsString() != tc.svc {
+				t.Errorf("service.name = %q, want %q", v.AsString(), tc.svc)
+			}
+			if v, _ := set.Value("service.version"); v.AsString() != tc.version {
+				t.Errorf("service.version = %q, want %q", v.AsString(), tc.version)
+			}
+			// The sqlcommenter application tag and the debug handler
+			// follow the same name.
+			want := "SELECT 1 /*application='" + strings.ReplaceAll(tc.svc, " ", "%20") + "'*/"
+			if got := observe.Comment(ctx, "SELECT 1"); got != want {
+				t.Errorf("Comment = %s, want %s", got, want)
+			}
+		})
+	}
+}
+
+// TestSetupOTLPProtocols exports a span, a metric point and a log record
+// over each protocol to a real receiver: internal/otlptest for gRPC, an
+// HTTP server decoding OTLP/protobuf for http/protobuf.
+func TestSetupOTLPProtocols(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  func(t *testing.T) (got func() map[string]int)
+	}{
+		{name: "grpc (default)", env: func(t *testing.T) func() map[string]int {
+			rcv := otlptest.Start(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.Endpoint())
+			t.Setenv("OTEL_LOGS_EXPORTER", "none") // otlptest has no logs service
+			return func() map[string]int {
+				got := map[string]int{}
+				for _, s := range rcv.Spans() {
+					if svc, _ := otlptest.Attr(s.Resource.GetAttributes(), "service.name"); svc == "proto-test" {
+						got["span "+s.GetName()]++
+					}
+				}
+				for _, m := range rcv.Metrics() {
+					got["metric "+m.GetName()]++
+				}
+				return got
+			}
+		}},
+		{name: "http/protobuf", env: func(t *testing.T) func() map[string]int {
+			rcv := newHTTPReceiver(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.URL())
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+			return rcv.received
+		}},
+		{name: "http/protobuf per signal", env: func(t *testing.T) func() map[string]int {
+			rcv := newHTTPReceiver(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1") // unused: every signal has its own
+			for _, sig := range []string{"TRACES", "METRICS", "LOGS"} {
+				t.Setenv("OTEL_EXPORTER_OTLP_"+sig+"_ENDPOINT", rcv.URL()+"/v1/"+strings.ToLower(sig))
+				t.Setenv("OTEL_EXPORTER_OTLP_"+sig+"_PROTOCOL", "http/protobuf")
+			}
+			return rcv.received
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			restoreGlobals(t)
+			clearOTelEnv(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+			t.Setenv("OTEL_SERVICE_NAME", "proto-test")
+			received := tc.env(t)
+			ctx := context.Background()
+			shutdown, err := observe.Setup(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, span := otel.Tracer("test").Start(ctx, "exported")
+			span.End()
+			counter, _ := otel.Meter("test").Int64Counter("test.exported")
+			counter.Add(ctx, 1)
+			var rec otellog.Record
+			rec.SetBody(attribute.StringValue("exported"))
+			global.GetLoggerProvider().Logger("test").Emit(ctx, rec)
+			// Shutdown flushes every signal.
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := shutdown(sctx); err != nil {
+				t.Fatalf("shutdown: %v", err)
+			}
+			got := received()
+			for _, k := range []string{"span exported", "metric test.exported"} {
+				if got[k] == 0 {
+					t.Errorf("receiver got no %s; got %v", k, got)
+				}
+			}
+			if strings.HasPrefix(tc.name, "http") && got["log exported"] == 0 {
+				t.Errorf("receiver got no log record; got %v", got)
+			}
+		})
+	}
+}
+
+// httpReceiver is an OTLP/HTTP receiver: it decodes the protobuf bodies
+// POSTed to /v1/traces, /v1/metrics and /v1/logs and counts what they hold.
+type httpReceiver struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func newHTTPReceiver(t *testing.T) *httpReceiver {
+	r := &httpReceiver{got: map[string]int{}}
+	mux := http.NewServeMux()
+	handle := func(path string, msg func() proto.Message, count func(proto.Message)) {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, req *http.Request) {
+			body, err := io.ReadAll(req.Body)
+			if err != nil || req.Header.Get("Content-Type") != "application/x-protobuf" {
+				http.Error(w, "bad request", http.StatusBadRequest)
+				return
+			}
+			m := msg()
+			if err := proto.Unmarshal(body, m); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			r.mu.Lock()
+			count(m)
+			r.mu.Unlock()
+			w.Header().Set("Content-Type", "application/x-protobuf")
+			w.WriteHeader(http.StatusOK)
+		})
+	}
+	handle("/v1/traces", func() proto.Message { return &coltracepb.ExportTraceServiceRequest{} }, func(m proto.Message) {
+		for _, rs := range m.(*coltracepb.ExportTraceServiceRequest).GetResourceSpans() {
+			if svc, _ := otlptest.Attr(rs.GetResource().GetAttributes(), "service.name"); svc != "proto-test" {
+				continue
+			}
+			for _, ss := range rs.GetScopeSpans() {
+				for _, s := range ss.GetSpans() {
+					r.got["span "+s.GetName()]++
+				}
+			}
+		}
+	})
+	handle("/v1/metrics", func() proto.Message { return &colmetricpb.ExportMetricsServiceRequest{} }, func(m proto.Message) {
+		for _, rm := range m.(*colmetricpb.ExportMetricsServiceRequest).GetResourceMetrics() {
+			for _, sm := range rm.GetScopeMetrics() {
+				for _, mt := range sm.GetMetrics() {
+					r.got["metric "+mt.GetName()]++
+				}
+			}
+		}
+	})
+	handle("/v1/logs", func() proto.Message { return &collogpb.ExportLogsServiceRequest{} }, func(m proto.Message) {
+		for _, rl := range m.(*collogpb.ExportLogsServiceRequest).GetResourceLogs() {
+			for _, sl := range rl.GetScopeLogs() {
+				for _, l := range sl.GetLogRecords() {
+					r.got["log "+l.GetBody().GetStringValue()]++
+				}
+			}
+		}
+	})
+	r.srv = httptest.NewServer(mux)
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *httpReceiver) URL() string { return r.srv.URL }
+
+func (r *httpReceiver) received() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.got)
+}

@@ -16,7 +16,8 @@ import (
 //	application  WithServiceName of the last Setup, else OTEL_SERVICE_NAME
 //	route        Route(ctx)
 //	tenant_id    Tenant(ctx)
-//	traceparent  the current span, only when it is sampled
+//	traceparent  the current span, whenever its context is valid, with its
+//	             real flags: -01 sampled, -00 not
 //	tracestate   the current span's trace state, with traceparent
 //
 // Empty tags are left out. Keys and values are URL-encoded as
@@ -43,7 +44,7 @@ func defaultCommenter() *commenter {
 	defaultCommenterMu.Lock()
 	defer defaultCommenterMu.Unlock()
 	if defaultCommenterV == nil {
-		defaultCommenterV = newCommenter(serviceNameFromEnv(os.Getenv), "")
+		defaultCommenterV = newCommenter(env(os.Getenv).serviceName(), "")
 	}
 	return defaultCommenterV
 }
@@ -94,8 +95,12 @@ func (c *commenter) comment(ctx context.Context, query string, dynamic bool) str
 		route, tenant = Route(ctx), Tenant(ctx)
 		sc = trace.SpanContextFromContext(ctx)
 	}
-	sampled := sc.IsValid() && sc.IsSampled()
-	if c.prefix == "" && route == "" && tenant == "" && !sampled {
+	// An unsampled span's context is written too, with flags -00: the proxy
+	// then follows the app's sampling decision, groups N+1s by the
+	// request's trace, and a span it keeps anyway (slow, failed, N+1)
+	// still names the request's trace id.
+	traced := sc.IsValid()
+	if c.prefix == "" && route == "" && tenant == "" && !traced {
 		return query
 	}
 
@@ -126,7 +131,7 @@ func (c *commenter) comment(ctx context.Context, query string, dynamic bool) str
 		comma()
 		writeTag(&b, "tenant_id", tenant)
 	}
-	if sampled {
+	if traced {
 		comma()
 		b.WriteString("traceparent='00-")
 		tid, sid := sc.TraceID(), sc.SpanID()

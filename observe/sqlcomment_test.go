@@ -46,8 +46,9 @@ func TestComment(t *testing.T) {
 			in:  "SELECT * FROM partners WHERE id = $1",
 			want: "SELECT * FROM partners WHERE id = $1 /*application='partners',db_driver='pgx',route='%2Fpartners%2F%7Bid%7D',tenant_id='acme'," +
 				tp + ",tracestate='congo%3Dt61rcWkgMzE%2Crojo%3D00f067aa0ba902b7'*/"},
-		{name: "unsampled span has no traceparent", ctx: requestContext(trace.ContextWithSpanContext(bg, testSpanContext(false, "a=b")), "acme", ""),
-			in: "SELECT 1", want: "SELECT 1 /*tenant_id='acme'*/"},
+		{name: "unsampled span keeps its traceparent with flags 00", ctx: requestContext(trace.ContextWithSpanContext(bg, testSpanContext(false, "a=b")), "acme", ""),
+			in: "SELECT 1", want: "SELECT 1 /*tenant_id='acme',traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00',tracestate='a%3Db'*/"},
+		{name: "no span context, no traceparent", ctx: requestContext(bg, "acme", ""), in: "SELECT 1", want: "SELECT 1 /*tenant_id='acme'*/"},
 		{name: "only traceparent", ctx: sampled, in: "SELECT 1", want: "SELECT 1 /*" + tp + "*/"},
 		{name: "escaping", app: "it's a/b c", ctx: requestContext(bg, "t'1=ü", ""), in: "SELECT 1",
 			want: `SELECT 1 /*application='it\'s%20a%2Fb%20c',tenant_id='t\'1%3D%C3%BC'*/`},

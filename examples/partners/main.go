@@ -6,7 +6,10 @@
 //
 //	PARTNERS_DSN    PostgreSQL URL (required), e.g. postgres://app@127.0.0.1:6432/app
 //	PARTNERS_ADDR   listen address, default 127.0.0.1:8080
-//	OTEL_*          OpenTelemetry settings (endpoint, service name, sampler, …)
+//	OTEL_*          OpenTelemetry settings (endpoint, protocol, sampler, …)
+//	OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+//	                service.name (default "partners") and other resource attributes
+//	SERVICE_VERSION service.version, unless OTEL_RESOURCE_ATTRIBUTES sets it
 //	ENVIRONMENT     deployment.environment.name
 //
 // On start it creates and seeds its schema (idempotent) and logs

@@ -21,6 +21,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
 	"github.com/dotmac/pgtrace/observe"
 )
@@ -201,12 +202,13 @@ func TestPartnerAndCommission(t *testing.T) {
 	}
 }
 
-// TestRun starts the service as main does and talks to it over HTTP.
-func TestRun(t *testing.T) {
-	dsn := freshDatabase(t)
-	env := map[string]string{"PARTNERS_DSN": dsn, "PARTNERS_ADDR": "127.0.0.1:0"}
+// startRun starts the service as main does, with env as its PARTNERS_*
+// configuration (the OTEL_* variables come from the process environment,
+// as in main), and returns its base URL. The service stops, and run's
+// error is checked, when the test ends.
+func startRun(t *testing.T, env map[string]string) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
@@ -214,6 +216,17 @@ func TestRun(t *testing.T) {
 		pw.CloseWithError(err)
 		done <- err
 	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("run did not return after cancel")
+		}
+	})
 
 	addr := make(chan string, 1)
 	go func() {
@@ -226,31 +239,55 @@ func TestRun(t *testing.T) {
 		}
 		close(addr)
 	}()
-	var base string
 	select {
 	case a, ok := <-addr:
 		if !ok {
 			t.Fatalf("service ended before listening: %v", <-done)
 		}
-		base = "http://" + a
+		return "http://" + a
 	case <-time.After(30 * time.Second):
 		t.Fatal("no listening line after 30s")
 	}
+	return ""
+}
 
+// debugInfo asks the service's debug endpoint, as tenant acme.
+func debugInfo(t *testing.T, base string) observe.DebugInfo {
+	t.Helper()
 	req, _ := http.NewRequest("GET", base+observe.DebugPath, nil)
 	req.Header.Set("x-tenant-id", "acme")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer resp.Body.Close()
 	var info observe.DebugInfo
-	err = json.NewDecoder(resp.Body).Decode(&info)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != 200 || info.TraceID == "" || info.Tenant != "acme" || info.Service != "partners" {
-		t.Errorf("debug: %d %+v %v", resp.StatusCode, info, err)
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("debug: %d %v", resp.StatusCode, err)
+	}
+	return info
+}
+
+// clearOTelEnv keeps the process's OTEL_* settings out of a test.
+func clearOTelEnv(t *testing.T) {
+	for _, k := range []string{"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "SERVICE_VERSION",
+		"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_EXPORTER",
+		"OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLING_RATIO"} {
+		t.Setenv(k, "")
+	}
+}
+
+// TestRun starts the service as main does and talks to it over HTTP.
+func TestRun(t *testing.T) {
+	clearOTelEnv(t)
+	base := startRun(t, map[string]string{"PARTNERS_DSN": freshDatabase(t), "PARTNERS_ADDR": "127.0.0.1:0"})
+
+	info := debugInfo(t, base)
+	if info.TraceID == "" || info.Tenant != "acme" || info.Service != "partners" {
+		t.Errorf("debug: %+v", info)
 	}
 
-	resp, err = http.Get(base + "/partners/report")
+	resp, err := http.Get(base + "/partners/report")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,15 +295,50 @@ func TestRun(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("report without tenant: %d", resp.StatusCode)
 	}
+}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
+// TestRunServiceFromEnv: the deployment names the service and its version
+// (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, SERVICE_VERSION); "partners"
+// is only the default. The exported spans' resource and the name the
+// service reports (the sqlcommenter application tag) agree.
+func TestRunServiceFromEnv(t *testing.T) {
+	dsn := freshDatabase(t)
+	for _, tc := range []struct {
+		name         string
+		env          map[string]string
+		svc, version string
+	}{
+		{name: "default", svc: "partners"},
+		{name: "OTEL_SERVICE_NAME and SERVICE_VERSION", env: map[string]string{"OTEL_SERVICE_NAME": "billing", "SERVICE_VERSION": "9.9"},
+			svc: "billing", version: "9.9"},
+		{name: "OTEL_RESOURCE_ATTRIBUTES first", env: map[string]string{
+			"OTEL_RESOURCE_ATTRIBUTES": "service.name=billing-eu,service.version=2.0", "SERVICE_VERSION": "9.9"},
+			svc: "billing-eu", version: "2.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearOTelEnv(t)
+			rcv := otlptest.Start(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.Endpoint())
+			t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+			t.Setenv("OTEL_LOGS_EXPORTER", "none") // otlptest has no logs service
+			t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			base := startRun(t, map[string]string{"PARTNERS_DSN": dsn, "PARTNERS_ADDR": "127.0.0.1:0"})
+			info := debugInfo(t, base)
+			if info.Service != tc.svc {
+				t.Errorf("service %q, want %q", info.Service, tc.svc)
+			}
+			s := rcv.WaitSpans(t, 15*time.Second, 1, func(s otlptest.Span) bool { return s.TraceID() == info.TraceID })[0]
+			res := otlptest.Attrs(s.Resource.GetAttributes())
+			if res["service.name"] != tc.svc {
+				t.Errorf("span resource service.name = %v, want %q", res["service.name"], tc.svc)
+			}
+			if v, _ := res["service.version"].(string); v != tc.version {
+				t.Errorf("span resource service.version = %v, want %q", res["service.version"], tc.version)
+			}
+		})
 	}
 }
 

@@ -19,9 +19,11 @@ import (
 )
 
 const (
-	serviceName   = "partners"
-	defaultAddr   = "127.0.0.1:8080"
-	shutdownGrace = 10 * time.Second
+	// defaultServiceName names the service unless OTEL_SERVICE_NAME or
+	// service.name in OTEL_RESOURCE_ATTRIBUTES does.
+	defaultServiceName = "partners"
+	defaultAddr        = "127.0.0.1:8080"
+	shutdownGrace      = 10 * time.Second
 )
 
 // tenantPattern is what the service accepts as a tenant id.
@@ -40,7 +42,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) (err
 		addr = defaultAddr
 	}
 
-	shutdown, err := observe.Setup(ctx, observe.WithServiceName(serviceName))
+	shutdown, err := observe.Setup(ctx, observe.WithDefaultServiceName(defaultServiceName))
 	if err != nil {
 		return err
 	}
@@ -102,7 +104,7 @@ func openDB(dsn string) (*sql.DB, error) {
 		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 	}
 	db := sql.OpenDB(observe.WrapConnector(stdlib.GetConnector(*cfg),
-		observe.WithDriverName("pgx"), observe.WithServiceName(serviceName)))
+		observe.WithDriverName("pgx"), observe.WithDefaultServiceName(defaultServiceName)))
 	db.SetMaxOpenConns(10)
 	db.SetMaxIdleConns(10)
 	db.SetConnMaxIdleTime(5 * time.Minute)

@@ -33,7 +33,7 @@ func (s *server) handler(opts ...observe.Option) http.Handler {
 	mux.HandleFunc("GET /partners/report-n-plus-one", s.reportNPlusOne)
 	mux.HandleFunc("GET /partners/{id}", s.partner)
 	mux.HandleFunc("POST /partners/{id}/commissions", s.createCommission)
-	mux.Handle("GET "+observe.DebugPath, observe.DebugHandler(append([]observe.Option{observe.WithServiceName(serviceName)}, opts...)...))
+	mux.Handle("GET "+observe.DebugPath, observe.DebugHandler(append([]observe.Option{observe.WithDefaultServiceName(defaultServiceName)}, opts...)...))
 	opts = append([]observe.Option{observe.WithTenantValidator(validateTenant)}, opts...)
 	return observe.NewHandler(mux, opts...)
 }
