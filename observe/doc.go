@@ -58,21 +58,23 @@
 // a transaction or an operation, which then becomes the traceparent of its
 // statements.
 //
-// Client-side statement caches. A traceparent makes every statement text
-// unique, and pgx caches prepared statements and their descriptions by SQL
-// text. In pgx's default mode (QueryExecModeCacheStatement) every commented
-// query is therefore a cache miss: an extra round trip to prepare it, a
-// server-side prepared statement per query, and constant eviction from the
-// cache, which holds 512 statements by default. Worse for tracing, that mode
-// sends the Parse that carries the comment in an earlier round trip than
-// the execution, and the proxy parents only executions in the same batch as
-// the comment. Run commented queries with QueryExecModeExec (DSN parameter
-// default_query_exec_mode=exec), which sends Parse, Bind and Execute of an
-// unnamed statement together in one round trip and keeps no cache; or with
-// QueryExecModeSimpleProtocol. QueryExecModeDescribeExec also works but
-// costs two round trips. If the cache must stay, set
+// Client-side statement caches. Every pgx query mode is traced alike: the
+// proxy gives each execution of a prepared statement the trace context of
+// the text it was prepared from. What differs is the cost. A traceparent
+// makes every statement text unique, and pgx caches prepared statements
+// and their descriptions by SQL text, so in pgx's default mode
+// (QueryExecModeCacheStatement) every commented query is a cache miss: two
+// round trips (prepare, then execute), a server-side prepared statement per
+// query, and constant eviction from the cache (512 statements by default);
+// QueryExecModeCacheDescribe costs the same round trips for its
+// descriptions. QueryExecModeExec (DSN parameter
+// default_query_exec_mode=exec) sends Parse, Bind and Execute of an unnamed
+// statement in one round trip and keeps no cache;
+// QueryExecModeSimpleProtocol does too, with the parameters inlined;
+// QueryExecModeDescribeExec costs two round trips and no cache. For
+// commented queries, Exec is the cheapest; if the cache must stay, set
 // statement_cache_capacity and description_cache_capacity to 0 for the
-// pool that carries commented queries.
+// pool that carries them.
 //
 // # Business metrics
 //
