@@ -104,6 +104,7 @@ type ConnInfo struct {
 	User        string         // from the StartupMessage
 	Database    string         // from the StartupMessage (defaults to User)
 	Application string         // application_name, from startup or ParameterStatus
+	Schema      string         // first schema of the search_path, when known (startup, ParameterStatus)
 	BackendPID  uint32         // from BackendKeyData; 0 until known
 	TxStatus    byte           // last ReadyForQuery status; 0 until the first
 	OpenedAt    time.Time

@@ -126,6 +126,7 @@ func (s *session) serve() {
 	s.info.User = startup.user
 	s.info.Database = startup.database
 	s.info.Application = startup.application
+	s.info.Schema = startup.schema
 	s.replication = startup.replication
 	s.mu.Unlock()
 	s.emit(&Event{Kind: ConnOpened})

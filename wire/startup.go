@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Startup packet request codes (the int32 after the length).
@@ -31,6 +32,7 @@ type startupPacket struct {
 
 	// StartupMessage only.
 	user, database, application string
+	schema                      string // the first schema of a search_path set at startup
 	replication                 bool
 }
 
@@ -109,6 +111,12 @@ func decodeStartup(raw []byte) (*startupPacket, error) {
 			p.database = string(val)
 		case "application_name":
 			p.application = string(val)
+		case "search_path":
+			p.schema = firstSchema(string(val))
+		case "options":
+			if sp, ok := optionSearchPath(string(val)); ok {
+				p.schema = firstSchema(sp)
+			}
 		case "replication":
 			// "database" (logical) or a boolean (physical).
 			switch string(val) {
@@ -154,4 +162,70 @@ func errorResponse(severity, code, msg string) []byte {
 	b = append(b, 0)
 	binary.BigEndian.PutUint32(b[1:], uint32(len(b)-1))
 	return b
+}
+
+// optionSearchPath finds search_path in the command-line options of a
+// startup packet ("-c search_path=app,public", "--search_path=app"), as
+// libpq's options parameter sends them; backslash escapes a space.
+func optionSearchPath(opts string) (string, bool) {
+	var args []string
+	var cur []byte
+	esc := false
+	for i := 0; i < len(opts); i++ {
+		c := opts[i]
+		switch {
+		case esc:
+			cur, esc = append(cur, c), false
+		case c == '\\':
+			esc = true
+		case c == ' ' || c == '\t':
+			if len(cur) > 0 {
+				args, cur = append(args, string(cur)), nil
+			}
+		default:
+			cur = append(cur, c)
+		}
+	}
+	if len(cur) > 0 {
+		args = append(args, string(cur))
+	}
+	found, path := false, ""
+	for i, a := range args {
+		var kv string
+		switch {
+		case a == "-c" && i+1 < len(args):
+			kv = args[i+1]
+		case strings.HasPrefix(a, "-c") && len(a) > 2:
+			kv = a[2:]
+		case strings.HasPrefix(a, "--"):
+			kv = a[2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.ReplaceAll(k, "-", "_") == "search_path" {
+			found, path = true, v
+		}
+	}
+	return path, found
+}
+
+// firstSchema is the first schema of a search_path value that names one
+// ("$user" names the user's own schema only when it exists: skipped);
+// unquoted names are folded to lower case, as PostgreSQL folds them.
+func firstSchema(path string) string {
+	for _, s := range strings.Split(path, ",") {
+		s = strings.TrimSpace(s)
+		if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+			s = strings.ReplaceAll(s[1:len(s)-1], `""`, `"`)
+			if s == "$user" {
+				continue
+			}
+			return s
+		}
+		if s == "" || strings.EqualFold(s, "$user") {
+			continue
+		}
+		return strings.ToLower(s)
+	}
+	return ""
 }

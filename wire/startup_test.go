@@ -172,3 +172,43 @@ func TestFunctionCall(t *testing.T) {
 		t.Errorf("function call: %+v", g)
 	}
 }
+
+func TestStartupSchema(t *testing.T) {
+	tests := []struct {
+		params map[string]string
+		want   string
+	}{
+		{map[string]string{"search_path": "app, public"}, "app"},
+		{map[string]string{"search_path": `"$user", "Sales", public`}, "Sales"},
+		{map[string]string{"search_path": "$user,public"}, "public"},
+		{map[string]string{"options": "-c search_path=Billing,public"}, "billing"},
+		{map[string]string{"options": "-csearch_path=a -c work_mem=4MB"}, "a"},
+		{map[string]string{"options": "--search-path=x\\ y"}, "x y"},
+		{map[string]string{"options": "-c statement_timeout=5s"}, ""},
+		{map[string]string{}, ""},
+	}
+	for _, tt := range tests {
+		raw := startupPacketBytes(t, tt.params)
+		p, err := decodeStartup(raw)
+		if err != nil {
+			t.Fatalf("%v: %v", tt.params, err)
+		}
+		if p.schema != tt.want {
+			t.Errorf("%v: schema %q, want %q", tt.params, p.schema, tt.want)
+		}
+	}
+}
+
+// startupPacketBytes encodes a protocol 3.0 StartupMessage for user "u".
+func startupPacketBytes(t *testing.T, params map[string]string) []byte {
+	t.Helper()
+	body := []byte("user\x00u\x00")
+	for k, v := range params {
+		body = append(body, k+"\x00"+v+"\x00"...)
+	}
+	body = append(body, 0)
+	raw := make([]byte, 8, 8+len(body))
+	binary.BigEndian.PutUint32(raw, uint32(8+len(body)))
+	binary.BigEndian.PutUint32(raw[4:], 196608)
+	return append(raw, body...)
+}

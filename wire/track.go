@@ -645,12 +645,19 @@ func (bc *backendCopier) message(typ byte, body []byte, bodyLen int, whole bool)
 		}
 	case 'S':
 		name, rest, _ := cstring(body)
-		if string(name) == "application_name" {
+		switch string(name) {
+		case "application_name":
 			val, _, _ := cstring(rest)
 			bc.s.mu.Lock()
 			if bc.s.info.Application != string(val) {
 				bc.s.info.Application = string(val)
 			}
+			bc.s.mu.Unlock()
+		case "search_path":
+			val, _, _ := cstring(rest)
+			schema := firstSchema(string(val))
+			bc.s.mu.Lock()
+			bc.s.info.Schema = schema
 			bc.s.mu.Unlock()
 		}
 	}
