@@ -23,8 +23,8 @@ const (
 	keyErrorType          = attribute.Key("error.type")
 	keyServerAddress      = attribute.Key("server.address")
 	keyServerPort         = attribute.Key("server.port")
-	keyPeerAddress        = attribute.Key("network.peer.address")
-	keyPeerPort           = attribute.Key("network.peer.port")
+	keyClientAddress      = attribute.Key("client.address") // the application's side of the connection
+	keyClientPort         = attribute.Key("client.port")
 	keyConnState          = attribute.Key("db.client.connection.state")
 	keyConnPoolName       = attribute.Key("db.client.connection.pool.name")
 	keyTenantID           = attribute.Key("tenant.id") // as the companion package observe names it
@@ -45,6 +45,8 @@ const (
 	keyNPlusOne           = attribute.Key("pgtrace.n_plus_one")
 	keyNPlusOneCount      = attribute.Key("pgtrace.n_plus_one.count")
 	keyFetches            = attribute.Key("pgtrace.fetches") // Executes of a portal fetched in parts
+	keyParentSampled      = attribute.Key("pgtrace.parent.sampled")
+	keyPeerService        = attribute.Key("peer.service")
 	keySlowThresholdMs    = attribute.Key("pgtrace.slow_threshold_ms")
 	keyDurationMs         = attribute.Key("pgtrace.duration_ms")
 	keyKeep               = attribute.Key("pgtrace.keep") // see keepSampler
@@ -61,6 +63,10 @@ const systemPostgreSQL = "postgresql"
 var (
 	attrSystem       = keyDBSystemName.String(systemPostgreSQL)
 	attrLegacySystem = keyLegacyDBSystem.String(systemPostgreSQL)
+	attrPeerService  = keyPeerService.String(systemPostgreSQL)
+	// attrParentUnsampled marks a span kept although its parent was not
+	// sampled.
+	attrParentUnsampled = keyParentSampled.Bool(false)
 )
 
 // metricAttrs is the measurement option for a metric's attribute set, with

@@ -30,6 +30,27 @@ type Config struct {
 	// per collection; the rest are folded into one set marked
 	// otel.metric.overflow=true. Default 2000; negative means no limit.
 	CardinalityLimit int
+	// ServiceNameFrom says which client application a statement's span
+	// and its transaction's are exported under (service.name), and which
+	// the metrics name in pgtrace.application: ServiceFromApplicationName,
+	// ServiceFromSQLCommenter, or ServiceFromNone; "" is ServiceFromNone,
+	// everything under pgtrace's own service. The CLI defaults it to
+	// ServiceFromApplicationName.
+	ServiceNameFrom string
+	// MaxApplications bounds the applications with a service and a metric
+	// label of their own; the rest share "other". Default 100.
+	MaxApplications int
+	// ExponentialHistograms records the duration histograms
+	// (db.client.operation.duration, db.client.connection.create_time,
+	// pgtrace.transaction.duration) as base-2 exponential histograms
+	// rather than with durationBuckets: finer everywhere, for backends that
+	// take them (OTLP; on /metrics, Prometheus native histograms, which a
+	// scraper gets over the protobuf format).
+	ExponentialHistograms bool
+	// RawErrors exports PostgreSQL's error messages as they are. By
+	// default the values quoted in them are replaced (scrubError): a
+	// failed statement's message can hold the literal it failed on.
+	RawErrors bool
 
 	// DroppedEvents reports the relay's dropped events
 	// (wire.Server.DroppedEvents), as pgtrace.events.dropped. Optional.
@@ -59,15 +80,19 @@ type Config struct {
 
 const (
 	defaultCardinalityLimit = 2000
+	defaultMaxApplications  = 100
 	defaultServiceName      = "pgtrace"
 	// ScopeName is the instrumentation scope of pgtrace's spans and metrics.
 	ScopeName = "github.com/dotmac/pgtrace/export"
 )
 
-// durationBuckets are the stable db.client.operation.duration advice
-// [0.001 … 10] s with sub-millisecond buckets in front: most statements a
-// proxy sees next to its database take well under a millisecond.
-var durationBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
+// durationBuckets are the bounds of the duration histograms: sub-millisecond
+// buckets in front (most statements a proxy sees next to its database take
+// well under a millisecond), then dense around the thresholds users alert
+// on — the 100 ms slow query, the 120 ms p95 and 800 ms alerts of the
+// shipped rules — up to 10 s.
+var durationBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.075,
+	0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 0.8, 1, 2.5, 5, 10}
 
 // rowBuckets are the db.client.response.returned_rows advice.
 var rowBuckets = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000}

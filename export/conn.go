@@ -90,20 +90,17 @@ func (e *Exporter) connectSpan(ev wire.Event) {
 	addr, port := e.server(conn)
 	start := ev.Time.Add(-ev.ConnectDuration)
 
-	a := []attribute.KeyValue{
-		attrSystem, attrLegacySystem,
-		keyDBNamespace.String(conn.Database), keyLegacyDBName.String(conn.Database),
-		keyConnectionID.Int64(int64(conn.ID)), keyAuthOutcome.String(outcome),
-	}
+	a := e.appendDB(nil, conn)
+	a = append(a, keyConnectionID.Int64(int64(conn.ID)), keyAuthOutcome.String(outcome))
 	a = appendServer(a, addr, port)
-	a = appendPeer(a, conn)
+	a = appendClient(a, conn)
 	if conn.Application != "" {
 		a = append(a, keyApplication.String(conn.Application))
 	}
 	if conn.BackendPID != 0 {
 		a = append(a, keyBackendPID.Int64(int64(conn.BackendPID)))
 	}
-	if conn.User != "" {
+	if conn.User != "" && e.legacy {
 		a = append(a, keyLegacyDBUser.String(conn.User))
 	}
 	var errType string
@@ -127,17 +124,27 @@ func (e *Exporter) connectSpan(ev wire.Event) {
 		msg := "connection failed"
 		if ev.Err != nil {
 			msg = ev.Err.Error()
+			if !e.cfg.RawErrors {
+				msg = scrubError(msg)
+			}
 		}
 		span.SetStatus(codes.Error, msg)
 	}
 	span.End(trace.WithTimestamp(ev.Time))
 
-	ma := []attribute.KeyValue{attrSystem, keyConnPoolName.String(e.poolName(conn))}
+	e.mu.Lock()
+	app := e.apps.get(conn.Application)
+	e.mu.Unlock()
+	appAttr := keyApplication.String("")
+	if app != nil {
+		appAttr = app.attr
+	}
+	ma := []attribute.KeyValue{attrSystem, keyConnPoolName.String(e.poolName(conn)), appAttr}
 	ma = appendServer(ma, addr, port)
 	if ok {
 		e.inst.createTime.Record(ctx, ev.ConnectDuration.Seconds(), metricAttrs(ma...))
 	}
-	oa := []attribute.KeyValue{attrSystem, keyAuthOutcome.String(outcome), keyApplication.String(conn.Application)}
+	oa := []attribute.KeyValue{attrSystem, keyAuthOutcome.String(outcome), appAttr}
 	if errType != "" {
 		oa = append(oa, keyErrorType.String(errType))
 	}

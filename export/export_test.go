@@ -136,7 +136,7 @@ func baseAttrs(q *fingerprint.Query) map[string]any {
 		"db.query.summary": q.Summary, "db.operation.name": q.Operation, "db.operation": q.Operation,
 		"pgtrace.fingerprint": q.Fingerprint,
 		"server.address":      "db.internal", "server.port": int64(5432),
-		"network.peer.address": "10.1.2.3", "network.peer.port": int64(51000),
+		"client.address": "10.1.2.3", "client.port": int64(51000),
 		"pgtrace.connection.id": int64(7), "pgtrace.application": "api",
 	}
 	if q.Collection != "" {

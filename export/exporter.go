@@ -45,6 +45,11 @@ type Exporter struct {
 	spans  *spanSink                // builds statement spans; nil when tp is
 	mp     *sdkmetric.MeterProvider
 	drops  *batcher // nil unless spans are exported
+	apps   *applications
+	// legacy: spans carry the pre-1.26 database attributes (db.system,
+	// db.name, db.statement, db.operation, db.user) beside the stable
+	// ones (semconvLegacy).
+	legacy bool
 	reg    *prometheus.Registry
 
 	serverAddr string // from Config.UpstreamAddr; "" means per connection
@@ -76,12 +81,24 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 	if cfg.CardinalityLimit == 0 {
 		cfg.CardinalityLimit = defaultCardinalityLimit
 	}
+	if cfg.MaxApplications <= 0 {
+		cfg.MaxApplications = defaultMaxApplications
+	}
+	switch cfg.ServiceNameFrom {
+	case "":
+		cfg.ServiceNameFrom = ServiceFromNone
+	case ServiceFromNone, ServiceFromApplicationName, ServiceFromSQLCommenter:
+	default:
+		return nil, fmt.Errorf("export: service name from %q: want %s, %s or %s", cfg.ServiceNameFrom,
+			ServiceFromApplicationName, ServiceFromSQLCommenter, ServiceFromNone)
+	}
 	// The SDK reports export failures to the global handler. pgtrace has
 	// one Exporter per process; its logger takes them.
 	otel.SetErrorHandler(&errorHandler{log: cfg.Logger})
 	e := &Exporter{
 		cfg:     cfg,
 		log:     cfg.Logger,
+		legacy:  semconvLegacy(os.Getenv("OTEL_SEMCONV_STABILITY_OPT_IN")),
 		conns:   make(map[uint64]*connState),
 		sweepAt: minSweepAt,
 		sets:    make(map[setKey]*metricSets),
@@ -116,6 +133,8 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		e.log.Info("OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only")
 	}
 
+	e.apps = &applications{from: cfg.ServiceNameFrom, max: cfg.MaxApplications, base: res, version: cfg.Version,
+		byName: make(map[string]*application)}
 	if err := e.buildTracing(ctx, cfg, res, tracesOn); err != nil {
 		return nil, err
 	}
@@ -181,6 +200,16 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 	e.tp = sdktrace.NewTracerProvider(opts...)
 	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
 	e.spans.procs = procs
+	// An application's transaction spans come from a provider of its own
+	// resource, feeding the same processors.
+	e.apps.newTracer = func(res *resource.Resource) (trace.Tracer, func(context.Context) error) {
+		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
+		for _, p := range procs {
+			opts = append(opts, sdktrace.WithSpanProcessor(sharedProcessor{p}))
+		}
+		tp := sdktrace.NewTracerProvider(opts...)
+		return tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version)), tp.Shutdown
+	}
 	return nil
 }
 
@@ -214,6 +243,12 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 		sdkmetric.WithResource(res),
 		sdkmetric.WithReader(prom),
 		sdkmetric.WithCardinalityLimit(cfg.CardinalityLimit),
+	}
+	if cfg.ExponentialHistograms {
+		exp := sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: 20}}
+		for _, name := range []string{"db.client.operation.duration", "db.client.connection.create_time", "pgtrace.transaction.duration"} {
+			opts = append(opts, sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: name}, exp)))
+		}
 	}
 	if otlpOn {
 		var exp sdkmetric.Exporter
@@ -262,6 +297,7 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 	if e.spans != nil {
 		e.spans.procs = nil // the processors shut down with the provider
 	}
+	e.apps.shutdown(ctx)
 	e.mu.Unlock()
 	return errors.Join(e.shutdownTracing(ctx), e.mp.Shutdown(ctx))
 }
@@ -274,6 +310,25 @@ func (e *Exporter) shutdownTracing(ctx context.Context) error {
 		return fmt.Errorf("export: shut down tracing: %w", err)
 	}
 	return nil
+}
+
+// semconvLegacy reports whether spans carry the legacy database attributes
+// beside the stable ones, by OTEL_SEMCONV_STABILITY_OPT_IN (a comma list):
+// "database" asks for the stable ones only, "database/dup" for both. Unset,
+// pgtrace sends both, as it always has: SigNoz's DB views still key on
+// db.system and db.statement (docs/deploy.md lists which panel reads
+// which).
+func semconvLegacy(optIn string) bool {
+	legacy := true
+	for _, v := range strings.Split(optIn, ",") {
+		switch strings.TrimSpace(v) {
+		case "database/dup":
+			return true
+		case "database":
+			legacy = false
+		}
+	}
+	return legacy
 }
 
 // signalOn reports whether an OTLP endpoint is configured for signal

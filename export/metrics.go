@@ -109,16 +109,40 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 func (e *Exporter) observe(o metric.Observer) {
 	in := &e.inst
 	if e.cfg.Connections != nil {
-		var idle, used int64
-		for _, c := range e.cfg.Connections() {
-			if c.State == "idle" {
-				idle++
-			} else {
-				used++
-			}
+		// By state and application; both states are reported for every
+		// application seen, so that a count that drops to 0 says so.
+		type key struct {
+			used bool
+			app  string
 		}
-		o.ObserveInt64(in.connCount, idle, e.connStateIdle)
-		o.ObserveInt64(in.connCount, used, e.connStateUsed)
+		counts := map[key]int64{{false, ""}: 0, {true, ""}: 0}
+		conns := e.cfg.Connections()
+		e.mu.Lock()
+		for _, c := range conns {
+			var name string
+			if app := e.apps.get(c.Application); app != nil {
+				name = app.name
+			}
+			counts[key{false, name}] += 0
+			counts[key{true, name}] += 0
+			counts[key{c.State != "idle", name}]++
+		}
+		e.mu.Unlock()
+		for k, n := range counts {
+			opt := e.connStateIdle
+			if k.used {
+				opt = e.connStateUsed
+			}
+			if k.app != "" {
+				state := "idle"
+				if k.used {
+					state = "used"
+				}
+				opt = metric.WithAttributeSet(attribute.NewSet(attrSystem, keyConnPoolName.String(e.cfg.UpstreamAddr),
+					keyConnState.String(state), keyApplication.String(k.app)))
+			}
+			o.ObserveInt64(in.connCount, n, opt)
+		}
 	}
 	if e.cfg.DroppedEvents != nil {
 		o.ObserveInt64(in.eventsDropped, int64(e.cfg.DroppedEvents()))
@@ -143,6 +167,7 @@ type setKey struct {
 	server      string
 	sqlstate    string
 	tenant      string
+	app         string // bounded (applications)
 }
 
 // metricSets are the cached, immutable measurement options for one setKey:
@@ -193,6 +218,9 @@ func (e *Exporter) statementSetsLocked(k setKey, op, collection, summary string,
 	}
 	if k.tenant != "" {
 		attrs = append(attrs, keyTenantID.String(k.tenant))
+	}
+	if k.app != "" {
+		attrs = append(attrs, keyApplication.String(k.app))
 	}
 	opt := metricAttrs(attrs...)
 	ms := &metricSets{rec: []metric.RecordOption{opt}, add: []metric.AddOption{opt}}

@@ -47,7 +47,7 @@ func TestStatementMetrics(t *testing.T) {
 		if a["db.query.summary"] == "SELECT users" {
 			want := map[string]any{"db.system.name": "postgresql", "db.namespace": "shop", "db.operation.name": "SELECT",
 				"db.collection.name": "users", "db.query.summary": "SELECT users", "server.address": "db.internal",
-				"server.port": int64(5432), "tenant.id": "acme"}
+				"server.port": int64(5432), "tenant.id": "acme", "pgtrace.application": "api"}
 			if diff := cmp.Diff(want, a); diff != "" {
 				t.Errorf("SELECT attributes (-want +got):\n%s", diff)
 			}
@@ -176,7 +176,7 @@ func TestConnectionSpansAndMetrics(t *testing.T) {
 	}
 	wantOK := map[string]any{"db.system.name": "postgresql", "db.system": "postgresql", "db.namespace": "shop", "db.name": "shop",
 		"pgtrace.connection.id": int64(7), "pgtrace.auth.outcome": "success", "server.address": "db.internal", "server.port": int64(5432),
-		"network.peer.address": "10.1.2.3", "network.peer.port": int64(51000), "pgtrace.application": "api",
+		"client.address": "10.1.2.3", "client.port": int64(51000), "pgtrace.application": "api",
 		"pgtrace.backend.pid": int64(4242), "db.user": "app"}
 	if diff := cmp.Diff(wantOK, attrMap(ok.Attributes())); diff != "" {
 		t.Errorf("connect attributes (-want +got):\n%s", diff)

@@ -189,7 +189,10 @@ func (k *spanSink) end(s *statementSpan) {
 		s.droppedLinks = len(s.links) - n
 		s.links = s.links[s.droppedLinks:]
 	}
-	s.res, s.scope = k.res, k.scope
+	if s.res == nil {
+		s.res = k.res // pgtrace's; an application's was set by the caller
+	}
+	s.scope = k.scope
 	for _, p := range k.procs {
 		p.OnEnd(s)
 	}

@@ -20,8 +20,9 @@ type connState struct {
 	tx *txState
 	// base are the attributes every statement span of the session carries
 	// (system, database, server, peer, connection id), built once.
-	base    []attribute.KeyValue
-	baseApp string // the application name base was built with
+	base       []attribute.KeyValue
+	baseApp    string // the application name and schema base was built with
+	baseSchema string
 }
 
 // txState is one transaction, BEGIN … COMMIT/ROLLBACK.
@@ -46,12 +47,16 @@ type txState struct {
 	statements int
 	failed     bool      // an error made the transaction fail (status 'E')
 	last       time.Time // when its latest statement ended
+	// app is the application whose service the span goes under: that of
+	// the statement that opened it, else of its BEGIN.
+	app *application
 }
 
 type pendingStmt struct {
 	s    *detector.Statement
 	v    detector.Verdict
 	base []attribute.KeyValue // the connection's base attributes; immutable
+	app  *application
 }
 
 // maxPending bounds the statements held while a transaction span waits for
@@ -78,9 +83,10 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	st, q := s.Stmt, s.Query
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	app := e.apps.of(s.Conn, s.Tags)
 	if e.spans == nil || e.spans.procs == nil {
 		// No span goes anywhere, or tracing is shut down: metrics only.
-		e.recordLocked(context.Background(), s, v)
+		e.recordLocked(context.Background(), s, v, app)
 		return trace.SpanContext{}
 	}
 
@@ -95,7 +101,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 			// later transaction of the connection onto it.
 			e.endTxLocked(cs, cs.tx.last, "lost")
 		}
-		cs.tx = &txState{start: st.Start, last: st.Start, conn: *s.Conn}
+		cs.tx = &txState{start: st.Start, last: st.Start, conn: *s.Conn, app: app}
 	}
 	tx := cs.tx
 
@@ -111,13 +117,22 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 		}
 		if tx.span == nil {
 			if !s.Parent.IsValid() && !ends && len(tx.pending) < maxPending {
-				tx.pending = append(tx.pending, pendingStmt{s, v, cs.base})
-				e.recordLocked(context.Background(), s, v)
+				tx.pending = append(tx.pending, pendingStmt{s, v, cs.base, app})
+				e.recordLocked(context.Background(), s, v, app)
 				return trace.SpanContext{}
+			}
+			if app != nil {
+				tx.app = app
 			}
 			e.openTxLocked(tx, s.Parent)
 		}
 		parent = tx.span.SpanContext()
+		if !parent.IsSampled() && tx.parent.IsValid() {
+			// The transaction span is not exported: a statement kept all
+			// the same (slow, failed, N+1) goes under the transaction's
+			// own parent, the application's span.
+			parent = tx.parent
+		}
 		if s.Parent.IsValid() {
 			// A statement whose own text brought another parent than its
 			// transaction's (a named statement prepared for another
@@ -131,14 +146,14 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 		parent = remoteSpanContext(s.Parent)
 	}
 
-	sc := e.spanLocked(parent, link, cs.base, s, v)
-	e.recordLocked(e.spans.with(sc), s, v) // sampled spans become exemplars
+	sc := e.spanLocked(parent, link, cs.base, s, v, app)
+	e.recordLocked(e.spans.with(sc), s, v, app) // sampled spans become exemplars
 	if ends {
 		e.endTxLocked(cs, st.End, txOutcome(st, q))
 		if detector.TxChains(q) && !st.Failed() {
 			// COMMIT AND CHAIN, ROLLBACK AND CHAIN: the next transaction
 			// starts at once.
-			cs.tx = &txState{start: st.End, last: st.End, conn: *s.Conn}
+			cs.tx = &txState{start: st.End, last: st.End, conn: *s.Conn, app: app}
 		}
 	}
 	return sc
@@ -161,14 +176,13 @@ func (e *Exporter) connLocked(conn *wire.ConnInfo) *connState {
 		cs = &connState{}
 		e.conns[conn.ID] = cs
 	}
-	if cs.base == nil || cs.baseApp != conn.Application {
+	if cs.base == nil || cs.baseApp != conn.Application || cs.baseSchema != conn.Schema {
 		addr, port := e.server(conn)
-		a := []attribute.KeyValue{attrSystem, attrLegacySystem,
-			keyDBNamespace.String(conn.Database), keyLegacyDBName.String(conn.Database)}
+		a := e.appendDB(nil, conn)
 		a = appendServer(a, addr, port)
-		a = appendPeer(a, conn)
+		a = appendClient(a, conn)
 		cs.base = append(a, keyConnectionID.Int64(int64(conn.ID)))
-		cs.baseApp = conn.Application
+		cs.baseApp, cs.baseSchema = conn.Application, conn.Schema
 	}
 	return cs
 }
@@ -182,22 +196,22 @@ func (e *Exporter) openTxLocked(tx *txState, parent fingerprint.TraceContext) {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, tx.parent)
 	}
 	addr, port := e.server(&tx.conn)
-	attrs := []attribute.KeyValue{
-		attrSystem, keyDBNamespace.String(tx.conn.Database),
-		attrLegacySystem, keyLegacyDBName.String(tx.conn.Database),
-		keyConnectionID.Int64(int64(tx.conn.ID)),
-	}
+	attrs := e.appendDB(nil, &tx.conn)
+	attrs = append(attrs, keyConnectionID.Int64(int64(tx.conn.ID)))
 	attrs = appendServer(attrs, addr, port)
-	attrs = appendPeer(attrs, &tx.conn)
+	attrs = appendClient(attrs, &tx.conn)
 	if tx.conn.Application != "" {
 		attrs = append(attrs, keyApplication.String(tx.conn.Application))
 	}
-	tx.ctx, tx.span = e.tracer.Start(ctx, "transaction",
+	if e.apps.spanResource(tx.app) != nil {
+		attrs = append(attrs, attrPeerService)
+	}
+	tx.ctx, tx.span = e.apps.txTracer(tx.app, e.tracer).Start(ctx, "transaction",
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithTimestamp(tx.start),
 		trace.WithAttributes(attrs...))
 	for _, p := range tx.pending {
-		e.spanLocked(tx.span.SpanContext(), trace.SpanContext{}, p.base, p.s, p.v)
+		e.spanLocked(tx.span.SpanContext(), trace.SpanContext{}, p.base, p.s, p.v, p.app)
 	}
 	tx.pending = nil
 }
@@ -220,8 +234,11 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 		tx.span.SetStatus(codes.Error, "transaction failed")
 	}
 	tx.span.End(trace.WithTimestamp(end))
-	e.inst.txDuration.Record(tx.ctx, end.Sub(tx.start).Seconds(), metricAttrs(
-		attrSystem, keyDBNamespace.String(tx.conn.Database), keyTxOutcome.String(outcome)))
+	a := []attribute.KeyValue{attrSystem, keyDBNamespace.String(namespace(&tx.conn)), keyTxOutcome.String(outcome)}
+	if tx.app != nil {
+		a = append(a, tx.app.attr)
+	}
+	e.inst.txDuration.Record(tx.ctx, end.Sub(tx.start).Seconds(), metricAttrs(a...))
 }
 
 // spanLocked builds the span of s under parent (a root when parent is
@@ -232,7 +249,7 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 // The sampler sees only the keep reason as attributes; the others are
 // built only for a span that records, so an unsampled statement costs
 // little.
-func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.KeyValue, s *detector.Statement, v detector.Verdict) trace.SpanContext {
+func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.KeyValue, s *detector.Statement, v detector.Verdict, app *application) trace.SpanContext {
 	st, q := s.Stmt, s.Query
 	failed := st.Failed()
 	name := systemPostgreSQL
@@ -267,9 +284,22 @@ func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.K
 	a = append(a, keep...)
 	span.attrs = e.statementAttrs(a, base, s, v)
 	span.name, span.sc, span.parent, span.kind = name, sc, parent, trace.SpanKindClient
+	span.res = e.apps.spanResource(app)
+	if span.res != nil {
+		span.attrs = append(span.attrs, attrPeerService) // the database, seen from the application's service
+	}
+	if parent.IsValid() && !parent.IsSampled() {
+		// Kept (pgtrace.keep) though the application did not sample its
+		// span: the trace has this span without its parent.
+		span.attrs = append(span.attrs, attrParentUnsampled)
+	}
 	span.start, span.end = st.Start, st.End
 	if failed {
-		span.status = sdktrace.Status{Code: codes.Error, Description: st.ErrorMessage}
+		msg := st.ErrorMessage
+		if !e.cfg.RawErrors {
+			msg = scrubError(msg)
+		}
+		span.status = sdktrace.Status{Code: codes.Error, Description: msg}
 	}
 	if v.Slow {
 		span.events = append(span.events, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
@@ -299,14 +329,18 @@ func (e *Exporter) statementAttrs(a, base []attribute.KeyValue, s *detector.Stat
 	st, q, tags, conn := s.Stmt, s.Query, s.Tags, s.Conn
 	a = append(a, base...)
 	if q != nil {
-		a = append(a,
-			keyDBQueryText.String(q.Normalized), keyLegacyDBStatement.String(q.Normalized),
-			keyFingerprint.String(q.Fingerprint))
+		a = append(a, keyDBQueryText.String(q.Normalized), keyFingerprint.String(q.Fingerprint))
+		if e.legacy {
+			a = append(a, keyLegacyDBStatement.String(q.Normalized))
+		}
 		if q.Summary != "" {
 			a = append(a, keyDBQuerySummary.String(q.Summary))
 		}
 		if q.Operation != "" {
-			a = append(a, keyDBOperationName.String(q.Operation), keyLegacyDBOperation.String(q.Operation))
+			a = append(a, keyDBOperationName.String(q.Operation))
+			if e.legacy {
+				a = append(a, keyLegacyDBOperation.String(q.Operation))
+			}
 		}
 		if q.Collection != "" {
 			a = append(a, keyDBCollectionName.String(q.Collection))
@@ -352,10 +386,13 @@ func (e *Exporter) statementAttrs(a, base []attribute.KeyValue, s *detector.Stat
 
 // recordLocked records the statement's metrics. ctx carries its span, if
 // any, so that sampled spans become exemplars.
-func (e *Exporter) recordLocked(ctx context.Context, s *detector.Statement, v detector.Verdict) {
+func (e *Exporter) recordLocked(ctx context.Context, s *detector.Statement, v detector.Verdict, app *application) {
 	st, q := s.Stmt, s.Query
 	addr, port := e.server(s.Conn)
-	k := setKey{namespace: s.Conn.Database, server: addr, sqlstate: st.SQLState}
+	k := setKey{namespace: namespace(s.Conn), server: addr, sqlstate: st.SQLState}
+	if app != nil {
+		k.app = app.name
+	}
 	var op, coll, summary string
 	if q != nil {
 		k.fingerprint, op, coll, summary = q.Fingerprint, q.Operation, q.Collection, q.Summary
@@ -394,6 +431,27 @@ func returnedRows(st *wire.Statement) (int64, bool) {
 	return 0, false
 }
 
+// appendDB appends db.system.name and db.namespace of conn, and, unless
+// OTEL_SEMCONV_STABILITY_OPT_IN says database only, the legacy db.system
+// and db.name.
+func (e *Exporter) appendDB(a []attribute.KeyValue, conn *wire.ConnInfo) []attribute.KeyValue {
+	a = append(a, attrSystem, keyDBNamespace.String(namespace(conn)))
+	if e.legacy {
+		a = append(a, attrLegacySystem, keyLegacyDBName.String(conn.Database))
+	}
+	return a
+}
+
+// namespace is db.namespace of conn: for PostgreSQL, the schema qualified
+// by the database name when the schema is known (database.schema), else
+// the database.
+func namespace(conn *wire.ConnInfo) string {
+	if conn.Schema == "" {
+		return conn.Database
+	}
+	return conn.Database + "." + conn.Schema
+}
+
 // server is the upstream address reported for conn.
 func (e *Exporter) server(conn *wire.ConnInfo) (string, int) {
 	if e.serverAddr != "" || conn == nil || conn.ServerAddr == "" {
@@ -412,10 +470,10 @@ func appendServer(a []attribute.KeyValue, addr string, port int) []attribute.Key
 	return a
 }
 
-func appendPeer(a []attribute.KeyValue, conn *wire.ConnInfo) []attribute.KeyValue {
+func appendClient(a []attribute.KeyValue, conn *wire.ConnInfo) []attribute.KeyValue {
 	if conn.ClientAddr.IsValid() {
-		a = append(a, keyPeerAddress.String(conn.ClientAddr.Addr().String()),
-			keyPeerPort.Int(int(conn.ClientAddr.Port())))
+		a = append(a, keyClientAddress.String(conn.ClientAddr.Addr().String()),
+			keyClientPort.Int(int(conn.ClientAddr.Port())))
 	}
 	return a
 }

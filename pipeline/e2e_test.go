@@ -168,7 +168,7 @@ func TestEndToEndOTLP(t *testing.T) {
 			"db.query.summary": want.Summary, "db.operation.name": want.Operation, "db.operation": want.Operation,
 			"db.collection.name": want.Collection, "pgtrace.fingerprint": want.Fingerprint,
 			"server.address": host, "server.port": mustAtoi(t, port),
-			"network.peer.address": "127.0.0.1", "db.response.returned_rows": int64(1),
+			"client.address": "127.0.0.1", "db.response.returned_rows": int64(1),
 		} {
 			if a[k] != v {
 				t.Errorf("attribute %s = %v (%T), want %v (%T)", k, a[k], a[k], v, v)
