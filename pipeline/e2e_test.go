@@ -43,15 +43,26 @@ type proxy struct {
 
 func startProxy(t *testing.T, slow time.Duration) *proxy {
 	t.Helper()
+	return startProxyWith(t, slow, nil)
+}
+
+// startProxyWith is startProxy with the exporter's configuration changed by
+// configure.
+func startProxyWith(t *testing.T, slow time.Duration, configure func(*export.Config)) *proxy {
+	t.Helper()
 	pg := pgtest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p := &proxy{pg: pg, analyzer: fingerprint.New(fingerprint.Config{})}
 	p.srv = &wire.Server{Upstream: pg.Addr(), Logger: log}
-	exp, err := export.New(ctx, export.Config{
+	cfg := export.Config{
 		UpstreamAddr: pg.Addr(), SlowThreshold: slow, KeepSlowSpans: true, Logger: log, Version: "test",
 		DroppedEvents: p.srv.DroppedEvents, AnalyzerStats: p.analyzer.Stats, Connections: p.srv.Connections,
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	exp, err := export.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
