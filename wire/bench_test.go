@@ -46,7 +46,7 @@ func benchRelay(b *testing.B, setup, request, response []byte) {
 	fe := &frontendCopier{s: s, f: newFramer(feR, io.Discard, frontendWhole)}
 	be := &backendCopier{s: s, f: newFramer(beR, io.Discard, backendWhole)}
 	fe.f.run(fe)
-	s.queue, s.qhead = s.queue[:0], 0
+	s.reqs = requestQueue{}
 	feR.data, beR.data = request, response
 	feR.reset()
 	b.SetBytes(int64(len(request) + len(response)))

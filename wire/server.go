@@ -46,7 +46,10 @@ type Server struct {
 	// Zero means 65536. When the queue is full, events are dropped and
 	// counted (DroppedEvents).
 	QueueSize int
-	// Logger receives the relay's logs; nil means slog.Default().
+	// Logger receives the relay's own reports: a session's end and why, an
+	// upstream that is unreachable or lost, an invalid message. wire
+	// decides nothing about what is printed: nil means nothing is logged,
+	// and the caller sets the level and format (cmd/pgtrace does).
 	Logger *slog.Logger
 
 	initOnce     sync.Once
@@ -119,7 +122,7 @@ func (srv *Server) init() {
 	srv.initOnce.Do(func() {
 		srv.log = srv.Logger
 		if srv.log == nil {
-			srv.log = slog.Default()
+			srv.log = slog.New(slog.DiscardHandler)
 		}
 		n := srv.QueueSize
 		if n <= 0 {

@@ -37,20 +37,13 @@ type session struct {
 
 	mu          sync.Mutex // guards the fields below
 	info        ConnInfo
-	queue       []pending // requests awaiting their answer, oldest at qhead
-	qhead       int
-	pushed      uint64 // requests pushed so far: the seq of the next one
-	ready       bool   // the first ReadyForQuery arrived
-	replication bool   // a replication session: relayed, not observed
-	key         []byte // BackendKeyData body (pid + secret key), for CancelRequest
+	reqs        requestQueue // requests awaiting their answer
+	ready       bool         // the first ReadyForQuery arrived
+	replication bool         // a replication session: relayed, not observed
+	key         []byte       // BackendKeyData body (pid + secret key), for CancelRequest
 	aborted     bool
 	rel         *loopRelay      // set while an event loop relays the session
 	fe          *frontendCopier // its prepared statement names are under mu
-	// Copy-in (see copyInStarted): the server ignores Sync from its
-	// CopyInResponse until the client's CopyDone or CopyFail, which a
-	// client may send before it has seen the CopyInResponse.
-	copyingIn bool     // in copy-in, and the client has not ended it yet
-	copyEnds  []uint64 // the client's copy ends not yet matched: pushed at each
 
 	statements  atomic.Int64
 	copyIn      atomic.Int64 // CopyData/CopyDone/CopyFail bytes not yet attributed
@@ -298,7 +291,7 @@ func (s *session) relay() {
 func (s *session) busy() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.qhead < len(s.queue)
+	return !s.reqs.empty()
 }
 
 // cancelUpstream sends a CancelRequest for the session's backend.
@@ -418,10 +411,10 @@ func (s *session) state() (ConnState, bool) {
 		st.State = "replication"
 	case !s.ready:
 		st.State = "startup"
-	case s.qhead < len(s.queue):
+	case !s.reqs.empty():
 		st.State = "active"
-		for _, p := range s.queue[s.qhead:] {
-			if p.ev != nil {
+		for i := 0; s.reqs.at(i) != nil; i++ {
+			if p := s.reqs.at(i); p.ev != nil {
 				st.StatementStart = p.ev.st.Start
 				break
 			}

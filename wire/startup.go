@@ -150,7 +150,7 @@ func cstring(b []byte) (s, rest []byte, ok bool) {
 // connection limit).
 func errorResponse(severity, code, msg string) []byte {
 	b := make([]byte, 5, 5+len(severity)*2+len(code)+len(msg)+10)
-	b[0] = 'E'
+	b[0] = beErrorResponse
 	for _, f := range [...]struct {
 		t byte
 		v string

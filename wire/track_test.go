@@ -96,8 +96,8 @@ func TestTrackErrorSkipsToSync(t *testing.T) {
 			t.Errorf("event %d: %+v, want %+v", i, st, w)
 		}
 	}
-	if sc.s.qhead != len(sc.s.queue) {
-		t.Errorf("queue not drained: %d of %d", sc.s.qhead, len(sc.s.queue))
+	if n := sc.s.reqs.len(); n != 0 {
+		t.Errorf("queue not drained: %d requests left", n)
 	}
 }
 
@@ -114,8 +114,8 @@ func TestTrackFailedPrepare(t *testing.T) {
 	// A Describe answered with NoData is consumed too.
 	sc.client(parseMsg("s2", "listen x"), describeMsg("S"), syncMsg)
 	sc.server(parseComplete, msg('t', "\x00\x00"), noData, rfq("I"))
-	if sc.s.qhead != len(sc.s.queue) {
-		t.Errorf("queue not drained: %d of %d", sc.s.qhead, len(sc.s.queue))
+	if n := sc.s.reqs.len(); n != 0 {
+		t.Errorf("queue not drained: %d requests left", n)
 	}
 }
 
