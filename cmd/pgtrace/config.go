@@ -199,7 +199,7 @@ func (c *config) validate() error {
 		bad("--upstream: %w", err)
 	}
 	if c.AdminListen != "" {
-		if err := checkHostPort(c.AdminListen); err != nil {
+		if err := checkHostPort(c.AdminListen, "9187"); err != nil {
 			bad("--admin-listen: %w", err)
 		}
 	}
@@ -272,7 +272,7 @@ func (c *config) validate() error {
 func checkAddr(s, port string) error {
 	network, path := wire.Network(s)
 	if network == "tcp" {
-		return checkHostPort(s)
+		return checkHostPort(s, port)
 	}
 	fi, err := os.Stat(path)
 	switch {
@@ -287,11 +287,19 @@ func checkAddr(s, port string) error {
 }
 
 // checkHostPort accepts host:port with a numeric port; the host may be empty
-// (all interfaces), as net.Listen allows.
-func checkHostPort(s string) error {
+// (all interfaces), as net.Listen allows. defPort makes the example of the
+// error message; a bare port number is shown back on loopback.
+func checkHostPort(s, defPort string) error {
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port: %w", s, err)
+		example := "127.0.0.1:" + defPort
+		switch {
+		case isDigits(s): // a port alone
+			example = "127.0.0.1:" + s
+		case s != "" && !strings.ContainsAny(s, ": /"): // a host alone
+			example = net.JoinHostPort(s, defPort)
+		}
+		return fmt.Errorf("%q is not host:port: want host:port, e.g. %s", s, example)
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
 		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", s, port)

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -156,6 +158,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		"version", version,
 		"max_client_connections", cfg.MaxClientConnections,
 	)
+	go warnIfUnresolvable(ctx, log, cfg.Upstream, cfg.DialTimeout)
 
 	var stopErr error
 	select {
@@ -192,6 +195,34 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	// so /healthz answers until the very end.
 	stopObservation()
 	return stopErr
+}
+
+// warnIfUnresolvable logs a warning when the host name of upstream does not
+// resolve within timeout. pgtrace keeps serving: the name may resolve later
+// (a database or a Kubernetes Service still starting); until then clients
+// get SQLSTATE 08001 and /readyz says why. Nothing is logged when ctx ends
+// first (shutdown).
+func warnIfUnresolvable(ctx context.Context, log *slog.Logger, upstream string, timeout time.Duration) {
+	network, addr := wire.Network(upstream)
+	if network != "tcp" {
+		return
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return // an IP address: nothing to resolve
+	}
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err = net.DefaultResolver.LookupHost(lctx, host)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	log.Warn("the upstream's host name does not resolve; serving anyway, clients get SQLSTATE 08001 until it does",
+		"upstream", upstream, "host", host, "err", err,
+		"fix", "check the host in --upstream (PGTRACE_UPSTREAM); `pgtrace check --upstream "+upstream+"` tests it")
 }
 
 func reason(err error) string {
