@@ -132,6 +132,28 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 			},
 		},
 		{
+			name: "admin server off loopback with a token from the environment",
+			args: []string{"--admin-listen", "0.0.0.0:9187"},
+			env:  map[string]string{"PGTRACE_ADMIN_TOKEN": "0123456789abcdef0123"},
+			want: func(c *config) { c.AdminListen = "0.0.0.0:9187"; c.AdminToken = "0123456789abcdef0123" },
+		},
+		{
+			// The file is read at start (serve), not while parsing.
+			name: "admin server off loopback with a token file",
+			args: []string{"--admin-listen", ":9187", "--admin-token-file", "/run/secrets/pgtrace-admin-token"},
+			want: func(c *config) { c.AdminListen = ":9187"; c.AdminTokenFile = "/run/secrets/pgtrace-admin-token" },
+		},
+		{
+			name: "loopback needs no token",
+			args: []string{"--admin-listen", "[::1]:9187"},
+			want: func(c *config) { c.AdminListen = "[::1]:9187" },
+		},
+		{
+			name: "localhost needs no token",
+			args: []string{"--admin-listen", "localhost:9187"},
+			want: func(c *config) { c.AdminListen = "localhost:9187" },
+		},
+		{
 			name: "flags beat environment variables",
 			args: []string{"serve", "--listen", "0.0.0.0:6432", "--log-level", "warn"},
 			env:  map[string]string{"PGTRACE_LISTEN": "127.0.0.1:1", "PGTRACE_LOG_LEVEL": "error", "PGTRACE_LOG_FORMAT": "text"},
@@ -177,6 +199,20 @@ func TestConfigErrors(t *testing.T) {
 		{"TLS over a Unix socket", []string{"--upstream", "/run/pg/.s.PGSQL.5432", "--upstream-sslmode", "require"}, nil,
 			[]string{"--upstream-sslmode require: PostgreSQL has no TLS on a Unix socket"}},
 		{"bad admin-listen", []string{"--admin-listen", "x"}, nil, []string{"--admin-listen:"}},
+		{"admin on every interface without a token", []string{"--admin-listen", "0.0.0.0:9187"}, nil,
+			[]string{"--admin-listen 0.0.0.0:9187 is reachable from other hosts", "set --admin-token or --admin-token-file", "or listen on 127.0.0.1:9187"}},
+		{"admin on an empty host without a token", nil, map[string]string{"PGTRACE_ADMIN_LISTEN": ":9187"},
+			[]string{"--admin-listen :9187 is reachable from other hosts"}},
+		{"admin on a host name without a token", []string{"--admin-listen", "pgtrace.internal:9187"}, nil,
+			[]string{"--admin-listen pgtrace.internal:9187 is reachable from other hosts"}},
+		{"admin token and file", []string{"--admin-token", "0123456789abcdef0123", "--admin-token-file", "t"}, nil,
+			[]string{"--admin-token and --admin-token-file: give one, not both"}},
+		{"short admin token", []string{"--admin-listen", "0.0.0.0:9187", "--admin-token", "s3cret"}, nil,
+			[]string{"--admin-token: the token has 6 characters, want at least 16"}},
+		{"placeholder admin token", []string{"--admin-listen", "0.0.0.0:9187", "--admin-token", "CHANGE-ME-openssl-rand-hex-32"}, nil,
+			[]string{"--admin-token: the token is the placeholder of the example manifests: replace it"}},
+		{"admin token with a space", []string{"--admin-token", "0123456789 abcdef0123"}, nil,
+			[]string{"--admin-token: the token must be printable ASCII without spaces"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
 		{"negative cap", []string{"--max-client-connections", "-1"}, nil, []string{"--max-client-connections: must be 0 (no cap) or more"}},
@@ -220,7 +256,8 @@ func TestConfigErrors(t *testing.T) {
 				t.Errorf("pgtrace %q: exit code %d, want 2 (usage)", tt.args, code)
 			}
 			// Flags are named as users type them, with two dashes.
-			if m := singleDashFlag.FindString(err.Error()); m != "" {
+			// (openssl's own option, in the advice for a token, is not ours.)
+			if m := singleDashFlag.FindString(strings.ReplaceAll(err.Error(), "openssl rand -hex", "")); m != "" {
 				t.Errorf("pgtrace %q: error %q names a flag with one dash: %q", tt.args, err, m)
 			}
 		})

@@ -67,6 +67,10 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	adminToken, err := cfg.adminToken()
+	if err != nil {
+		return err
+	}
 	ws := &wire.Server{
 		Upstream:             cfg.Upstream,
 		DialTimeout:          cfg.DialTimeout,
@@ -114,6 +118,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		Metrics:           obs.Metrics,
 		ActiveConnections: ws.ActiveConnections,
 		MaxConnections:    cfg.MaxClientConnections,
+		Token:             adminToken,
 		Logger:            log,
 	}
 	if obs.Routes != nil {
@@ -155,6 +160,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		"listen", ln.Addr().String(),
 		"upstream", cfg.Upstream,
 		"admin", adminAddr,
+		"admin_auth", adminAuth(adminAddr, adminToken),
 		"version", version,
 		"max_client_connections", cfg.MaxClientConnections,
 	)
@@ -195,6 +201,17 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	// so /healthz answers until the very end.
 	stopObservation()
 	return stopErr
+}
+
+// adminAuth says, for the ready line, what the admin server asks for.
+func adminAuth(addr, token string) string {
+	switch {
+	case addr == "":
+		return "off"
+	case token != "":
+		return "token (/healthz and /readyz open)"
+	}
+	return "none (loopback)"
 }
 
 // warnIfUnresolvable logs a warning when the host name of upstream does not
