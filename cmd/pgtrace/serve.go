@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dotmac/pgtrace/admin"
+	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -96,7 +97,15 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 			// Flushing exporters is bounded apart from the sessions' grace.
 			fctx, cancel := context.WithTimeout(force, 10*time.Second)
 			defer cancel()
-			if err := obs.Shutdown(fctx); err != nil {
+			err := obs.Shutdown(fctx)
+			var notSent *export.ShutdownError
+			switch {
+			case errors.As(err, &notSent):
+				// A slow or dead collector: one line, what was lost and why.
+				log.Warn("OTLP export did not finish: spans and metric points not sent",
+					"spans_not_sent", notSent.SpansNotSent, "metric_points_not_sent", notSent.MetricPointsNotSent,
+					"cause", notSent.Cause)
+			case err != nil:
 				log.Error("observation pipeline did not shut down cleanly", "err", err)
 			}
 		})
