@@ -60,9 +60,10 @@ func refusesSignal(err error) bool {
 	if status.Code(err) == codes.Unimplemented {
 		return true
 	}
-	msg := err.Error()
+	// The status comes right before the body, which may quote anything.
+	head, _, _ := strings.Cut(err.Error(), " (body: ")
 	for _, s := range []string{": 404 Not Found", ": 405 Method Not Allowed", ": 501 Not Implemented"} {
-		if strings.Contains(msg, s) {
+		if strings.HasSuffix(head, s) {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/internal/otlptest"
@@ -342,5 +345,42 @@ func TestSDKLogsThroughLogger(t *testing.T) {
 	rs := logs.records(t, "read tls ca cert file")
 	if len(rs) == 0 || rs[0]["component"] != "opentelemetry-sdk" || rs[0]["level"] != "ERROR" {
 		t.Errorf("SDK message %v, want it as a JSON record with component=opentelemetry-sdk\n%s", rs, logs.String())
+	}
+}
+
+// TestDeliveryRefusal: which errors mean "this collector does not take the
+// signal", and that the refusal is said once, naming the signal's variable,
+// while other failures are counted and returned.
+func TestDeliveryRefusal(t *testing.T) {
+	for _, tt := range []struct {
+		err     error
+		refused bool
+	}{
+		{status.Error(codes.Unimplemented, "unknown service opentelemetry.proto.collector.metrics.v1.MetricsService"), true},
+		{fmt.Errorf("traces export: %w", status.Error(codes.Unimplemented, "unknown service")), true},
+		{errors.New("failed to send metrics to http://c:4318/v1/metrics: 404 Not Found (body: 404 page not found)"), true},
+		{errors.New("failed to send to http://c:4318/v1/traces: 405 Method Not Allowed (body: (empty))"), true},
+		{status.Error(codes.Unavailable, "connection refused"), false},
+		{context.DeadlineExceeded, false},
+		{errors.New("failed to send metrics to http://c:4318/v1/metrics: 400 Bad Request (body: 404 Not Found)"), false},
+	} {
+		if got := refusesSignal(tt.err); got != tt.refused {
+			t.Errorf("refusesSignal(%v) = %v, want %v", tt.err, got, tt.refused)
+		}
+	}
+
+	var logs logLines
+	d := &delivery{signal: "traces", target: OTLPTarget{URL: "http://c:4317"}, log: logs.logger()}
+	unimplemented := status.Error(codes.Unimplemented, "unknown service")
+	for range 3 {
+		if err := d.done(unimplemented, 5); err != nil {
+			t.Errorf("done(Unimplemented) = %v, want nil (not an error to report again)", err)
+		}
+	}
+	if w := logs.records(t, "the collector at http://c:4317 does not accept traces; set OTEL_TRACES_EXPORTER=none"); len(w) != 1 {
+		t.Errorf("%d refusal lines, want 1:\n%s", len(w), logs.String())
+	}
+	if err := d.done(context.DeadlineExceeded, 7); !errors.Is(err, context.DeadlineExceeded) || d.failed.Load() != 7 {
+		t.Errorf("done(deadline) = %v with %d failed, want the error and 7", err, d.failed.Load())
 	}
 }
