@@ -384,3 +384,32 @@ func TestDeliveryRefusal(t *testing.T) {
 		t.Errorf("done(deadline) = %v with %d failed, want the error and 7", err, d.failed.Load())
 	}
 }
+
+// TestStartupLineWhenOff: with OTLP off, the one line says why, signal by
+// signal.
+func TestStartupLineWhenOff(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{nil, "OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only"},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
+			"OTLP export off; metrics on /metrics only"},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "true"},
+			"OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only"},
+	} {
+		clearOTLPTargetEnv(t)
+		for k, v := range tt.env {
+			t.Setenv(k, v)
+		}
+		var logs logLines
+		e, err := New(context.Background(), Config{Logger: logs.logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = e.Shutdown(context.Background())
+		if rs := logs.records(t, "OTLP export"); len(rs) != 1 || rs[0]["msg"] != tt.want {
+			t.Errorf("env %v: startup lines %v, want one %q", tt.env, rs, tt.want)
+		}
+	}
+}

@@ -137,8 +137,11 @@ func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
 		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
 		return
 	case traces.Off != "" && metrics.Off != "":
-		e.log.Info("OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only",
-			"traces", traces.String(), "metrics", metrics.String())
+		msg := "OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only"
+		if traces.Off != metrics.Off {
+			msg = "OTLP export off; metrics on /metrics only"
+		}
+		e.log.Info(msg, "traces", traces.String(), "metrics", metrics.String())
 		return
 	}
 	attrs := []any{"traces", traces.String(), "metrics", metrics.String()}
