@@ -31,7 +31,7 @@ type Mux interface {
 
 // RegisterAPI adds the query API and the page to mux:
 //
-//	GET  /api/queries      per-fingerprint statistics (?sort=total|mean|p99|calls&limit=N)
+//	GET  /api/queries      per-fingerprint statistics (?sort=total|mean|p99|calls&limit=N&empty=true)
 //	GET  /api/findings     findings (?type=slow_query|n_plus_one|idle_in_transaction|connection_churn&since=RFC3339|duration)
 //	GET  /api/connections  live client connections, from conns
 //	GET  /api/stats        the detector's counters
@@ -102,9 +102,45 @@ func (a *api) queries(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
+	withEmpty := false
+	if s := q.Get("empty"); s != "" {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("empty %q: want true or false", s))
+			return
+		}
+		withEmpty = b
+	}
+	var qs []detector.QueryStats
+	if withEmpty {
+		qs = a.d.Queries(sort, limit)
+		for i := range qs {
+			if isEmptyStatement(qs[i]) {
+				qs[i].Query = EmptyStatementLabel
+			}
+		}
+	} else {
+		// One more than asked: the empty statements have one
+		// fingerprint, so at most one entry is left out.
+		qs = slices.DeleteFunc(a.d.Queries(sort, limit+1), isEmptyStatement)
+		qs = qs[:min(len(qs), limit)]
+	}
 	writeJSON(w, http.StatusOK, struct {
 		Queries []detector.QueryStats `json:"queries"`
-	}{a.d.Queries(sort, limit)})
+	}{qs})
+}
+
+// EmptyStatementLabel is the query text /api/queries?empty=true shows for
+// statements with nothing to run: only comments or whitespace, such as the
+// "-- ping" pgx sends to check a connection (PostgreSQL answers
+// EmptyQueryResponse). Without ?empty=true they are left out of the top
+// queries: they cost the database nothing and would crowd it.
+const EmptyStatementLabel = "(empty statement: only comments or whitespace, such as a driver's \"-- ping\")"
+
+// isEmptyStatement reports whether q is the statistics of empty statements:
+// the pipeline gives them the summary and operation EMPTY and no text.
+func isEmptyStatement(q detector.QueryStats) bool {
+	return q.Summary == "EMPTY" && q.Operation == "EMPTY" && q.Query == ""
 }
 
 func (a *api) findings(w http.ResponseWriter, r *http.Request) {

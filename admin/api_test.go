@@ -360,3 +360,57 @@ func TestResetRefusesCrossSite(t *testing.T) {
 		})
 	}
 }
+
+// TestQueriesAPILeavesOutEmptyStatements: statements with nothing to run
+// (pgx's "-- ping") are left out of the top queries unless asked for, and
+// then labelled; the limit still holds.
+func TestQueriesAPILeavesOutEmptyStatements(t *testing.T) {
+	now := time.Now()
+	d := fakeData(now)
+	ci := &wire.ConnInfo{ID: 2, User: "shop", Database: "shop", Application: "storefront"}
+	// As the pipeline records them: summary and operation EMPTY, no text.
+	empty := &fingerprint.Query{Fingerprint: "0000000000000002", Summary: "EMPTY", Operation: "EMPTY"}
+	for i := range 100 {
+		at := now.Add(-time.Minute + time.Duration(i)*time.Millisecond)
+		d.Observe(&detector.Statement{Stmt: &wire.Statement{Start: at, End: at.Add(time.Second), Outcome: wire.OutcomeComplete}, Conn: ci, Query: empty, Tags: &fingerprint.Tags{}})
+	}
+	mux := http.NewServeMux()
+	RegisterAPI(mux, d, nil)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	fingerprints := func(query string) ([]string, []map[string]any) {
+		t.Helper()
+		status, _, m := call(t, "GET", srv.URL+"/api/queries"+query)
+		if status != 200 {
+			t.Fatalf("GET /api/queries%s: %d %v", query, status, m)
+		}
+		qs := list(t, m, "queries")
+		var fps []string
+		for _, q := range qs {
+			fps = append(fps, q["fingerprint"].(string))
+		}
+		return fps, qs
+	}
+	for _, tt := range []struct {
+		query string
+		want  string
+	}{
+		{"", "2222222222222222,1111111111111111,3333333333333333"},
+		{"?sort=calls&limit=2", "1111111111111111,2222222222222222"},
+		{"?limit=1", "2222222222222222"},
+		{"?empty=false", "2222222222222222,1111111111111111,3333333333333333"},
+		{"?empty=true&limit=2", "0000000000000002,2222222222222222"},
+	} {
+		if fps, _ := fingerprints(tt.query); strings.Join(fps, ",") != tt.want {
+			t.Errorf("/api/queries%s = %v, want %s", tt.query, fps, tt.want)
+		}
+	}
+	_, qs := fingerprints("?empty=true&limit=1")
+	if qs[0]["query"] != EmptyStatementLabel || qs[0]["summary"] != "EMPTY" || qs[0]["calls"] != float64(100) {
+		t.Errorf("empty statements entry = %v, want the label %q", qs[0], EmptyStatementLabel)
+	}
+	if status, _, m := call(t, "GET", srv.URL+"/api/queries?empty=yes-please"); status != 400 {
+		t.Errorf("?empty=yes-please: %d %v, want 400", status, m)
+	}
+}

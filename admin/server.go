@@ -2,18 +2,24 @@
 // (/readyz), Prometheus metrics (/metrics), and whatever routes the rest of
 // the program adds with Handle (the query API and the page).
 //
-// The server listens on loopback by default (DESIGN.md decision 10); nothing
-// it serves needs authentication because nothing sensitive is on it.
+// The server listens on loopback by default (DESIGN.md decision 10). What
+// it serves beyond the probes (normalized statements, application and user
+// names, client addresses, a reset) is for operators only: with a Token,
+// every route but /healthz and /readyz asks for it, and the command line
+// requires one for any address other than loopback.
 package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +61,13 @@ type Server struct {
 	// MaxConnections is the client connection cap; 0 means no cap.
 	MaxConnections int
 
+	// Token, if not empty, is required on every route except /healthz and
+	// /readyz (which stay open for probes): as "Authorization: Bearer
+	// <Token>", or as the password of HTTP Basic authentication (any user
+	// name), which lets a browser open the page. Requests without it get
+	// 401. If empty, nothing is asked.
+	Token string
+
 	// Logger receives server errors. If nil, slog.Default().
 	Logger *slog.Logger
 
@@ -88,6 +101,9 @@ func (s *Server) init() {
 		// that a browser marks as cross-site are refused. Tools such as
 		// curl send no such marks and are served.
 		s.handler = http.NewCrossOriginProtection().Handler(s.mux)
+		if s.Token != "" {
+			s.handler = requireToken(s.Token, s.handler)
+		}
 		s.httpSrv = &http.Server{
 			Handler:           s.handler,
 			ReadHeaderTimeout: 10 * time.Second,
@@ -148,6 +164,40 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("shut down admin server: %w", err)
 	}
 	return nil
+}
+
+// requireToken lets requests for /healthz and /readyz through and asks every
+// other request for token. The comparison takes the same time whatever the
+// token sent: both sides are hashed first, so neither their content nor
+// their length shows in the timing.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			_, got, ok = r.BasicAuth()
+		}
+		sum := sha256.Sum256([]byte(got))
+		if ok && subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// Browsers answer the Basic challenge with a login prompt; API
+		// clients and Prometheus send the Bearer token.
+		w.Header().Add("WWW-Authenticate", `Bearer realm="pgtrace admin"`)
+		w.Header().Add("WWW-Authenticate", `Basic realm="pgtrace admin", charset="UTF-8"`)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusUnauthorized)
+		msg := "missing admin token: send Authorization: Bearer <token> (the value of --admin-token); /healthz and /readyz need none\n"
+		if r.Header.Get("Authorization") != "" {
+			msg = "wrong admin token: send Authorization: Bearer <token> (the value of --admin-token)\n"
+		}
+		io.WriteString(w, msg)
+	})
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -210,3 +210,70 @@ func TestServeAndShutdown(t *testing.T) {
 		t.Errorf("Ready after Shutdown = %v, want shutting down", err)
 	}
 }
+
+// TestToken: with a Token, /healthz and /readyz stay open for probes and
+// every other route (metrics, API, page, reset) needs the token, as a
+// Bearer token or as the Basic password a browser sends.
+func TestToken(t *testing.T) {
+	const token = "s3cret-token-value"
+	s := &Server{Token: token, Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "metrics\n")
+	})}
+	s.Handle("GET /api/queries", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "queries\n") }))
+	s.Handle("POST /api/reset", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "reset\n") }))
+	s.Handle("GET /{$}", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "page\n") }))
+	s.MarkReady()
+
+	bearer := func(v string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+v) }
+	}
+	basic := func(u, p string) func(*http.Request) { return func(r *http.Request) { r.SetBasicAuth(u, p) } }
+	none := func(*http.Request) {}
+	tests := []struct {
+		name, method, path string
+		auth               func(*http.Request)
+		wantCode           int
+		wantBody           string
+	}{
+		{"healthz open", "GET", "/healthz", none, 200, "ok"},
+		{"readyz open", "GET", "/readyz", none, 200, "ok"},
+		{"healthz ignores a wrong token", "GET", "/healthz", bearer("nope"), 200, "ok"},
+		{"metrics without token", "GET", "/metrics", none, 401, "missing admin token"},
+		{"metrics with token", "GET", "/metrics", bearer(token), 200, "metrics"},
+		{"api without token", "GET", "/api/queries", none, 401, "missing admin token"},
+		{"api with a wrong token", "GET", "/api/queries", bearer("s3cret-token-valuX"), 401, "wrong admin token"},
+		{"api with a prefix of the token", "GET", "/api/queries", bearer("s3cret"), 401, "wrong admin token"},
+		{"api with the token", "GET", "/api/queries", bearer(token), 200, "queries"},
+		{"page as a browser, Basic", "GET", "/", basic("", token), 200, "page"},
+		{"page, Basic with any user", "GET", "/", basic("operator", token), 200, "page"},
+		{"page, wrong Basic password", "GET", "/", basic("operator", "x"), 401, "wrong admin token"},
+		{"page without token", "GET", "/", none, 401, "missing admin token"},
+		{"reset without token", "POST", "/api/reset", none, 401, "missing admin token"},
+		{"reset with token", "POST", "/api/reset", bearer(token), 200, "reset"},
+		{"unknown path without token", "GET", "/debug/pprof/", none, 401, "missing admin token"},
+		{"token in another scheme", "GET", "/metrics", func(r *http.Request) { r.Header.Set("Authorization", "Token "+token) }, 401, "wrong admin token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(tt.method, tt.path, nil)
+			tt.auth(req)
+			s.ServeHTTP(rec, req)
+			if rec.Code != tt.wantCode || !strings.Contains(rec.Body.String(), tt.wantBody) {
+				t.Errorf("%s %s = %d %q, want %d %q", tt.method, tt.path, rec.Code, rec.Body.String(), tt.wantCode, tt.wantBody)
+			}
+			if rec.Code == 401 {
+				ch := rec.Header().Values("WWW-Authenticate")
+				if len(ch) != 2 || !strings.HasPrefix(ch[0], "Bearer ") || !strings.HasPrefix(ch[1], "Basic ") {
+					t.Errorf("401 challenges %q, want Bearer and Basic", ch)
+				}
+			}
+		})
+	}
+
+	// Without a Token nothing is asked (loopback, the default).
+	open := &Server{Metrics: s.Metrics}
+	if code, body := get(t, open, "/metrics"); code != 200 || body != "metrics\n" {
+		t.Errorf("no token: GET /metrics = %d %q, want 200", code, body)
+	}
+}

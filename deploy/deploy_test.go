@@ -157,6 +157,19 @@ func deployFiles(t *testing.T) map[string][]string {
 // ---------------------------------------------------------------------------
 // Every file.
 
+// composeSecretFiles are the files docker-compose.yml's secrets name,
+// relative to the repository root.
+func composeSecretFiles(t *testing.T) map[string]bool {
+	doc := readYAML(t, filepath.Join(repoRoot, "docker-compose.yml"))[0]
+	files := map[string]bool{}
+	for _, s := range obj(doc, "secrets") {
+		if f := str(s, "file"); f != "" {
+			files[filepath.ToSlash(filepath.Clean(f))] = true
+		}
+	}
+	return files
+}
+
 // TestEveryFileParses parses every JSON and YAML file under deploy/ and the
 // repository's docker-compose.yml, and refuses data files of any other kind,
 // which nothing here would check.
@@ -174,6 +187,11 @@ func TestEveryFileParses(t *testing.T) {
 			case ".yaml":
 				readYAML(t, p)
 				n++
+			case ".txt":
+				// Secrets docker-compose.yml mounts (TestCompose checks them).
+				if !composeSecretFiles(t)[filepath.ToSlash(filepath.Join("deploy", p))] {
+					t.Errorf("%s: a text file under deploy/ that no compose secret names", p)
+				}
 			case ".go", ".md":
 			default:
 				t.Errorf("%s: a %s file under deploy/ is not validated by this test; teach it or move the file", p, ext)
@@ -243,6 +261,26 @@ func TestCompose(t *testing.T) {
 	}
 	if _, port, _ := net.SplitHostPort(pgEnv["PGTRACE_ADMIN_LISTEN"]); port == "" || !publishes(get(pg, "ports"), port) {
 		t.Errorf("pgtrace does not publish its admin port (%q)", pgEnv["PGTRACE_ADMIN_LISTEN"])
+	}
+	// Off loopback, the admin token comes from a compose secret whose file
+	// exists and that the service mounts.
+	if !adminOnLoopback(pgEnv["PGTRACE_ADMIN_LISTEN"]) {
+		file := pgEnv["PGTRACE_ADMIN_TOKEN_FILE"]
+		name, ok := strings.CutPrefix(file, "/run/secrets/")
+		switch {
+		case !ok:
+			t.Errorf("pgtrace PGTRACE_ADMIN_TOKEN_FILE = %q, want /run/secrets/<a compose secret> (its admin server is off loopback)", file)
+		case !slices.ContainsFunc(list(pg, "secrets"), func(v any) bool { return v == name }):
+			t.Errorf("pgtrace reads its admin token from %s but does not list the secret %q", file, name)
+		default:
+			src := str(doc, "secrets", name, "file")
+			b, err := os.ReadFile(filepath.Join(repoRoot, src))
+			if err != nil {
+				t.Errorf("compose secret %s: %v", name, err)
+			} else {
+				checkTokenValue(t, "compose secret "+name, strings.TrimSpace(string(b)), false)
+			}
+		}
 	}
 	if c := str(pg, "depends_on", "postgres", "condition"); c != "service_healthy" {
 		t.Errorf("pgtrace depends_on postgres condition = %q, want service_healthy", c)
@@ -441,11 +479,18 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("the runtime stage does not EXPOSE %s (got %v)", p, exposed)
 		}
 	}
-	env := joined(runtime, "ENV")
-	for _, kv := range []string{"PGTRACE_LISTEN=0.0.0.0:6432", "PGTRACE_ADMIN_LISTEN=0.0.0.0:9187"} {
-		if !strings.Contains(env, kv) {
-			t.Errorf("the runtime stage does not set ENV %s", kv)
-		}
+	env := map[string]string{}
+	for _, kv := range strings.Fields(strings.ReplaceAll(joined(runtime, "ENV"), "\\", " ")) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if env["PGTRACE_LISTEN"] != "0.0.0.0:6432" {
+		t.Errorf("the runtime stage sets PGTRACE_LISTEN=%q, want 0.0.0.0:6432 (reachable from outside the container)", env["PGTRACE_LISTEN"])
+	}
+	// The image must start as it is: off loopback the admin server needs
+	// a token, which an image cannot hold.
+	if listenPort(env["PGTRACE_ADMIN_LISTEN"]) != 9187 || !adminOnLoopback(env["PGTRACE_ADMIN_LISTEN"]) {
+		t.Errorf("the runtime stage sets PGTRACE_ADMIN_LISTEN=%q, want loopback port 9187 (no token in an image)", env["PGTRACE_ADMIN_LISTEN"])
 	}
 	hc := joined(runtime, "HEALTHCHECK")
 	if !strings.Contains(hc, `CMD ["/usr/local/bin/pgtrace", "health"]`) {
@@ -539,6 +584,66 @@ func listenPort(addr string) int {
 	}
 	n, _ := strconv.Atoi(p)
 	return n
+}
+
+// adminOnLoopback mirrors pgtrace's rule (cmd/pgtrace config.go): an
+// admin server on any address but loopback needs an admin token, or
+// pgtrace refuses to start.
+func adminOnLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkTokenValue checks an admin token as pgtrace does at start: at least
+// 16 printable characters, not the placeholder. A placeholder
+// (CHANGE-ME...) is what the example manifests ship: pgtrace refuses it,
+// so that it cannot be deployed unchanged.
+func checkTokenValue(t *testing.T, where, token string, placeholderOK bool) {
+	t.Helper()
+	if strings.HasPrefix(strings.ToUpper(token), "CHANGE-ME") {
+		if !placeholderOK {
+			t.Errorf("%s: the admin token is a placeholder", where)
+		}
+		return
+	}
+	if len(token) < 16 || strings.ContainsAny(token, " \t\n") {
+		t.Errorf("%s: admin token %q: pgtrace wants at least 16 characters without spaces", where, token)
+	}
+}
+
+// checkK8sAdminToken: a pgtrace container whose admin server listens off
+// loopback takes its token from a Secret of the same file.
+func checkK8sAdminToken(t *testing.T, where string, c any, env map[string]string, secrets map[string]map[string]any) {
+	t.Helper()
+	if adminOnLoopback(env["PGTRACE_ADMIN_LISTEN"]) {
+		return
+	}
+	for _, e := range list(c, "env") {
+		if str(e, "name") != "PGTRACE_ADMIN_TOKEN" {
+			continue
+		}
+		ref := obj(e, "valueFrom", "secretKeyRef")
+		if ref == nil {
+			t.Errorf("%s: PGTRACE_ADMIN_TOKEN is not from a Secret (valueFrom.secretKeyRef)", where)
+			return
+		}
+		sec := secrets[str(ref, "name")]
+		if sec == nil {
+			t.Errorf("%s: PGTRACE_ADMIN_TOKEN names Secret %q, not in the file", where, str(ref, "name"))
+			return
+		}
+		checkTokenValue(t, where, str(sec, "stringData", str(ref, "key")), true)
+		return
+	}
+	t.Errorf("%s: PGTRACE_ADMIN_LISTEN = %q is off loopback and no PGTRACE_ADMIN_TOKEN is set: pgtrace would refuse to start",
+		where, env["PGTRACE_ADMIN_LISTEN"])
 }
 
 // checkPgtraceContainer checks the pgtrace container of a pod: probes on
@@ -644,6 +749,7 @@ func TestKubernetesSidecar(t *testing.T) {
 	}
 	env := k8sEnv(sidecar, secrets)
 	checkPgtraceContainer(t, "sidecar pgtrace", pod, sidecar, env)
+	checkK8sAdminToken(t, "sidecar pgtrace", sidecar, env, secrets)
 	listen := env["PGTRACE_LISTEN"]
 	if listenPort(listen) != 6432 {
 		t.Errorf("sidecar PGTRACE_LISTEN = %q, want port 6432", listen)
@@ -703,6 +809,7 @@ func TestKubernetesStandalone(t *testing.T) {
 	}
 	env := k8sEnv(c, secrets)
 	checkPgtraceContainer(t, "standalone pgtrace", pod, c, env)
+	checkK8sAdminToken(t, "standalone pgtrace", c, env, secrets)
 	if h, _, _ := net.SplitHostPort(env["PGTRACE_LISTEN"]); h != "0.0.0.0" && h != "" {
 		t.Errorf("standalone PGTRACE_LISTEN = %q: behind a Service it must listen on all interfaces", env["PGTRACE_LISTEN"])
 	}
@@ -868,6 +975,12 @@ func TestPrometheusConfig(t *testing.T) {
 				if listenPort(fmt.Sprint(tgt)) == 9187 && str(sc, "metrics_path") == "/metrics" {
 					found = true
 				}
+			}
+		}
+		// pgtrace off loopback asks for its admin token on /metrics.
+		if strings.HasPrefix(str(sc, "job_name"), "pgtrace") {
+			if str(sc, "authorization", "type") != "Bearer" || str(sc, "authorization", "credentials_file") == "" {
+				t.Errorf("prometheus.yml job %s sends no Bearer admin token (authorization.credentials_file)", str(sc, "job_name"))
 			}
 		}
 	}

@@ -2,7 +2,6 @@ package export
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel"
@@ -52,6 +52,10 @@ type Exporter struct {
 	legacy bool
 	reg    *prometheus.Registry
 
+	// What the span and metric exporters sent or not (delivery.go);
+	// always set.
+	spanDelivery, metricDelivery *delivery
+
 	serverAddr string // from Config.UpstreamAddr; "" means per connection
 	serverPort int
 
@@ -68,12 +72,13 @@ type Exporter struct {
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
-// handler to log through cfg.Logger, rate-limited. OTLP export is on when an
-// OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}ENDPOINT is set and
-// OTEL_SDK_DISABLED is not true; gRPC unless OTEL_EXPORTER_OTLP_PROTOCOL (or
-// the per-signal variable) says http/protobuf. Exporters connect lazily, so
-// New does not fail because a collector is down. The Prometheus handler is
-// always on.
+// handler and logger to log through cfg.Logger (errors rate-limited). OTLP
+// export is on when an OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}ENDPOINT is set
+// and OTEL_SDK_DISABLED is not true (ResolveOTLP); gRPC unless
+// OTEL_EXPORTER_OTLP_PROTOCOL (or the per-signal variable) says
+// http/protobuf. One log line says where each signal goes. Exporters
+// connect lazily, so New does not fail because a collector is down. The
+// Prometheus handler is always on.
 func New(ctx context.Context, cfg Config) (*Exporter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -92,9 +97,12 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		return nil, fmt.Errorf("export: service name from %q: want %s, %s or %s", cfg.ServiceNameFrom,
 			ServiceFromApplicationName, ServiceFromSQLCommenter, ServiceFromNone)
 	}
-	// The SDK reports export failures to the global handler. pgtrace has
-	// one Exporter per process; its logger takes them.
-	otel.SetErrorHandler(&errorHandler{log: cfg.Logger})
+	traces, metrics := ResolveOTLP("traces", os.Getenv), ResolveOTLP("metrics", os.Getenv)
+	// The SDK reports export failures to the global handler and its own
+	// notes to the global logger. pgtrace has one Exporter per process;
+	// its logger takes both, in its format.
+	otel.SetErrorHandler(&errorHandler{log: cfg.Logger, targets: []OTLPTarget{traces, metrics}})
+	otel.SetLogger(logr.FromSlogHandler(newSDKLogHandler(cfg.Logger.Handler(), traces, metrics)))
 	e := &Exporter{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -123,44 +131,89 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		return nil, fmt.Errorf("export: resource: %w", err)
 	}
 
-	disabled := strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true")
-	tracesOn := !disabled && signalOn("TRACES")
-	metricsOn := !disabled && signalOn("METRICS")
-	switch {
-	case disabled:
-		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
-	case !tracesOn && !metricsOn:
-		e.log.Info("OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only")
-	}
+	e.spanDelivery = &delivery{signal: "traces", target: traces, log: e.log}
+	e.metricDelivery = &delivery{signal: "metrics", target: metrics, log: e.log}
+	e.logTargets(traces, metrics)
 
 	e.apps = &applications{from: cfg.ServiceNameFrom, max: cfg.MaxApplications, base: res, version: cfg.Version,
 		byName: make(map[string]*application)}
-	if err := e.buildTracing(ctx, cfg, res, tracesOn); err != nil {
+	if err := e.buildTracing(ctx, cfg, res, traces); err != nil {
 		return nil, err
 	}
-	if err := e.buildMetrics(ctx, cfg, res, metricsOn); err != nil {
+	if err := e.buildMetrics(ctx, cfg, res, metrics); err != nil {
 		_ = e.shutdownTracing(ctx)
 		return nil, err
 	}
 	return e, nil
 }
 
-func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
+// logTargets says, once at start, where OTLP goes: one line for both
+// signals, and a warning for each thing that may surprise (an endpoint
+// without a scheme sent with TLS, a protocol replaced).
+func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
+	switch {
+	case traces.Off == "OTEL_SDK_DISABLED=true":
+		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
+		return
+	case traces.Off != "" && metrics.Off != "":
+		msg := "OTLP export off: no OTEL_EXPORTER_OTLP_ENDPOINT set; metrics on /metrics only"
+		if traces.Off != metrics.Off {
+			msg = "OTLP export off; metrics on /metrics only"
+		}
+		e.log.Info(msg, "traces", traces.String(), "metrics", metrics.String())
+		return
+	}
+	attrs := []any{"traces", traces.String(), "metrics", metrics.String()}
+	if traces.Off == "" {
+		attrs = append(attrs, "sampler", samplerFromEnvName(os.Getenv))
+	}
+	if metrics.Off == "" {
+		attrs = append(attrs, "metric_interval", metricInterval(os.Getenv).String())
+	}
+	e.log.Info("OTLP export", attrs...)
+	warned := map[string]bool{}
+	for _, t := range []OTLPTarget{traces, metrics} {
+		if t.Off != "" {
+			continue
+		}
+		if t.ProtocolWarning != "" && !warned[t.ProtocolWarning] {
+			warned[t.ProtocolWarning] = true
+			e.log.Warn(t.ProtocolWarning)
+		}
+		if t.NoScheme && !t.Insecure && !warned[t.Variable] {
+			warned[t.Variable] = true
+			e.log.Warn(t.Variable+" has no scheme: sending with TLS, as the OTLP specification says",
+				"endpoint", t.Endpoint,
+				"fix", "for a collector without TLS set OTEL_EXPORTER_OTLP_INSECURE=true or write http://"+t.Endpoint)
+		}
+	}
+}
+
+func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
 	spanExp := cfg.SpanExporter
-	if spanExp == nil && otlpOn {
-		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings;
-		// pgtrace's exporter encodes the spans (otlpExporter), as
-		// protobuf only.
+	if spanExp == nil && target.Off == "" {
+		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings; the
+		// endpoint is the one ResolveOTLP resolved. pgtrace's exporter
+		// encodes the spans (otlpExporter), as protobuf only.
 		var err error
-		if e.protocol("TRACES") == "http/protobuf" {
-			spanExp, err = newOTLPExporter(ctx, otlptracehttp.NewClient(otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)))
+		if target.Protocol == "http/protobuf" {
+			opts := []otlptracehttp.Option{otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)}
+			if !target.Custom {
+				opts = append(opts, otlptracehttp.WithEndpointURL(target.URL))
+			}
+			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracehttp.NewClient(opts...), e.spanDelivery})
 		} else {
-			spanExp, err = newOTLPExporter(ctx, otlptracegrpc.NewClient())
+			var opts []otlptracegrpc.Option
+			if !target.Custom {
+				opts = append(opts, otlptracegrpc.WithEndpointURL(target.URL))
+			}
+			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracegrpc.NewClient(opts...), e.spanDelivery})
 		}
 		if err != nil {
 			return fmt.Errorf("export: OTLP span exporter: %w", err)
 		}
 	}
+
 	if spanExp == nil && cfg.SpanProcessor == nil {
 		e.tracer = noop.NewTracerProvider().Tracer(ScopeName)
 		return nil
@@ -234,7 +287,7 @@ type transientExporter interface {
 	keepsNoSpans()
 }
 
-func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, otlpOn bool) error {
+func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
 	prom, err := otelprom.New(otelprom.WithRegisterer(e.reg))
 	if err != nil {
 		return fmt.Errorf("export: prometheus exporter: %w", err)
@@ -250,17 +303,26 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 			opts = append(opts, sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: name}, exp)))
 		}
 	}
-	if otlpOn {
+	if target.Off == "" {
 		var exp sdkmetric.Exporter
-		if e.protocol("METRICS") == "http/protobuf" {
-			exp, err = otlpmetrichttp.New(ctx)
+		if target.Protocol == "http/protobuf" {
+			var hopts []otlpmetrichttp.Option
+			if !target.Custom {
+				hopts = append(hopts, otlpmetrichttp.WithEndpointURL(target.URL))
+			}
+			exp, err = otlpmetrichttp.New(ctx, hopts...)
 		} else {
-			exp, err = otlpmetricgrpc.New(ctx)
+			var gopts []otlpmetricgrpc.Option
+			if !target.Custom {
+				gopts = append(gopts, otlpmetricgrpc.WithEndpointURL(target.URL))
+			}
+			exp, err = otlpmetricgrpc.New(ctx, gopts...)
 		}
 		if err != nil {
 			return fmt.Errorf("export: OTLP metric exporter: %w", err)
 		}
 		// The periodic reader reads OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT.
+		exp = deliveredMetrics{Exporter: exp, d: e.metricDelivery}
 		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
 	}
 	if cfg.MetricReader != nil {
@@ -272,9 +334,12 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 }
 
 // MetricsHandler serves the Prometheus exposition of every metric, from the
-// exporter's own registry.
+// exporter's own registry. A scraper that asks for OpenMetrics (Prometheus
+// does, and needs it for exemplars) gets it, with the trace ids of sampled
+// statements as exemplars on the duration histograms; others get the
+// classic text format.
 func (e *Exporter) MetricsHandler() http.Handler {
-	return promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{e.log}})
+	return promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{e.log}, EnableOpenMetrics: true})
 }
 
 // SpansDropped is the number of spans dropped because the export queue was
@@ -287,7 +352,8 @@ func (e *Exporter) SpansDropped() uint64 {
 }
 
 // Shutdown ends open transaction spans, flushes spans and metrics while ctx
-// allows, and stops the providers.
+// allows, and stops the providers. When something could not be sent, the
+// error is a *ShutdownError: one line naming what was not sent, and why.
 func (e *Exporter) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
 	for id, cs := range e.conns {
@@ -299,7 +365,20 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 	}
 	e.apps.shutdown(ctx)
 	e.mu.Unlock()
-	return errors.Join(e.shutdownTracing(ctx), e.mp.Shutdown(ctx))
+	// Both flush at once, so that a dead collector's spans do not use up
+	// the time the metrics had, and vice versa.
+	var errT error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		errT = e.shutdownTracing(ctx)
+	}()
+	errM := e.mp.Shutdown(ctx)
+	<-done
+	if errT == nil && errM == nil {
+		return nil
+	}
+	return newShutdownError(e.spanDelivery.failed.Load()+e.SpansDropped(), e.metricDelivery.failed.Load(), errT, errM)
 }
 
 func (e *Exporter) shutdownTracing(ctx context.Context) error {
@@ -331,42 +410,6 @@ func semconvLegacy(optIn string) bool {
 	return legacy
 }
 
-// signalOn reports whether an OTLP endpoint is configured for signal
-// ("TRACES" or "METRICS"), and not switched off by OTEL_<signal>_EXPORTER=none.
-func signalOn(signal string) bool {
-	if strings.EqualFold(os.Getenv("OTEL_"+signal+"_EXPORTER"), "none") {
-		return false
-	}
-	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" ||
-		os.Getenv("OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT") != ""
-}
-
-// protocol is the OTLP protocol for signal ("TRACES" or "METRICS"):
-// OTEL_EXPORTER_OTLP_<signal>_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL,
-// else grpc. pgtrace sends grpc or http/protobuf; http/json becomes
-// http/protobuf (the same endpoint takes both) and anything else grpc, each
-// with a warning, rather than a silent switch to an exporter the endpoint
-// does not speak.
-func (e *Exporter) protocol(signal string) string {
-	key := "OTEL_EXPORTER_OTLP_" + signal + "_PROTOCOL"
-	p := strings.TrimSpace(os.Getenv(key))
-	if p == "" {
-		key = "OTEL_EXPORTER_OTLP_PROTOCOL"
-		p = strings.TrimSpace(os.Getenv(key))
-	}
-	switch p {
-	case "", "grpc":
-		return "grpc"
-	case "http/protobuf":
-		return p
-	case "http/json":
-		e.log.Warn("OTLP over http/json is not supported; sending http/protobuf to the same endpoint", "variable", key)
-		return "http/protobuf"
-	}
-	e.log.Warn("unknown OTLP protocol; sending grpc (valid: grpc, http/protobuf)", "variable", key, "value", p)
-	return "grpc"
-}
-
 func envInt(key string, def int) int {
 	if v, err := strconv.Atoi(strings.TrimSpace(os.Getenv(key))); err == nil && v > 0 {
 		return v
@@ -391,7 +434,8 @@ func (l slogPromLogger) Println(v ...any) { l.l.Error("prometheus handler", "err
 // exporter's logger, at most once per errorLogInterval, with a count of the
 // ones it held back: a dead collector must not flood the log.
 type errorHandler struct {
-	log *slog.Logger
+	log     *slog.Logger
+	targets []OTLPTarget // for hints
 
 	mu         sync.Mutex
 	last       time.Time
@@ -411,5 +455,24 @@ func (h *errorHandler) Handle(err error) {
 	n := h.suppressed
 	h.last, h.suppressed = now, 0
 	h.mu.Unlock()
-	h.log.Warn("opentelemetry export error", "err", err, "suppressed", n)
+	attrs := []any{"err", err, "suppressed", n}
+	if fix := h.hint(err); fix != "" {
+		attrs = append(attrs, "fix", fix)
+	}
+	h.log.Warn("opentelemetry export error", attrs...)
+}
+
+// hint says what to do about err when pgtrace can tell: a TLS handshake
+// with a collector that speaks plaintext is the usual mistake.
+func (h *errorHandler) hint(err error) string {
+	msg := err.Error()
+	if strings.Contains(msg, "first record does not look like a TLS handshake") ||
+		strings.Contains(msg, "tls: ") || strings.Contains(msg, "authentication handshake failed") {
+		for _, t := range h.targets {
+			if t.Off == "" && !t.Insecure {
+				return "the collector at " + t.URL + " may not speak TLS: set OTEL_EXPORTER_OTLP_INSECURE=true or use an http:// endpoint"
+			}
+		}
+	}
+	return ""
 }

@@ -1,10 +1,10 @@
 package export
 
 import (
-	"bytes"
-	"log/slog"
+	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestProtocol(t *testing.T) {
@@ -25,21 +25,36 @@ func TestProtocol(t *testing.T) {
 		{"unknown", "thrift", "", "grpc", "thrift"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", tc.all)
-			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", tc.signal)
-			var logs bytes.Buffer
-			e := &Exporter{log: slog.New(slog.NewTextHandler(&logs, nil))}
-			if got := e.protocol("TRACES"); got != tc.want {
+			env := map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": tc.all, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": tc.signal}
+			got, warning := otlpProtocol("TRACES", func(k string) string { return env[k] })
+			if got != tc.want {
 				t.Errorf("protocol = %q, want %q", got, tc.want)
 			}
 			switch {
-			case tc.warnContains == "" && logs.Len() > 0:
-				t.Errorf("unexpected log: %s", logs.String())
-			case tc.warnContains != "" && !strings.Contains(logs.String(), tc.warnContains):
-				t.Errorf("log %q does not name %q", logs.String(), tc.warnContains)
-			case tc.warnContains != "" && !strings.Contains(logs.String(), "level=WARN"):
-				t.Errorf("log %q is not a warning", logs.String())
+			case tc.warnContains == "" && warning != "":
+				t.Errorf("unexpected warning: %s", warning)
+			case tc.warnContains != "" && !strings.Contains(warning, tc.warnContains):
+				t.Errorf("warning %q does not name %q", warning, tc.warnContains)
 			}
 		})
+	}
+}
+
+// TestProtocolWarningIsLogged: a replaced protocol is said once, at start,
+// as a warning.
+func TestProtocolWarningIsLogged(t *testing.T) {
+	clearOTLPTargetEnv(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+	var logs logLines
+	e, err := New(context.Background(), Config{Logger: logs.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_ = e.Shutdown(ctx)
+	if w := logs.records(t, "OTEL_EXPORTER_OTLP_PROTOCOL=http/json"); len(w) != 1 || w[0]["level"] != "WARN" {
+		t.Errorf("protocol warnings %v, want one WARN\n%s", w, logs.String())
 	}
 }

@@ -6,11 +6,23 @@
 # the top queries and findings pgtrace made of it. Everything it started is
 # stopped on exit.
 #
-# Environment: PGHOST/PGPORT (the PostgreSQL to use or start, default
-# 127.0.0.1:5432), DEMO_LISTEN (default 127.0.0.1:6432), DEMO_ADMIN
-# (default 127.0.0.1:9187), DEMO_APP (default 127.0.0.1:8080), DEMO_KEEP=1
-# to keep everything running until Ctrl-C, and the OTEL_* variables to send
-# traces to a collector.
+# Environment (all optional):
+#   PGHOST, PGPORT      the PostgreSQL to use, default 127.0.0.1:5432. A server
+#                       there is used when PGUSER can log in; otherwise a
+#                       throwaway cluster is started on the next free port
+#                       (scripts/ensure-postgres.sh says which).
+#   PGUSER, PGPASSWORD  the login for that server (default postgres, no
+#                       password). With PGPASSWORD set, a failed login stops
+#                       the demo instead.
+#   PGDATABASE          default postgres.
+#   DEMO_LISTEN         pgtrace's address, default 127.0.0.1:6432.
+#   DEMO_ADMIN          pgtrace's admin server, default 127.0.0.1:9187.
+#   DEMO_APP            the example service, default 127.0.0.1:8080.
+#   DEMO_KEEP=1         keep everything running until Ctrl-C.
+#   OTEL_*              send traces and metrics to a collector, e.g.
+#                       OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317 (with
+#                       OTEL_METRICS_EXPORTER=none for Jaeger, which takes
+#                       traces only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -72,8 +84,11 @@ go build -o "$work/partners" ./examples/partners
 "$work/pgtrace" version
 
 step "making sure PostgreSQL runs"
-eval "$(scripts/ensure-postgres.sh --env)"
-echo "PostgreSQL: $PG_DSN"
+# It says what to set when it cannot log in; a failure inside $(…) would
+# not stop the script, hence the explicit exit.
+pg_env="$(scripts/ensure-postgres.sh --env)" || exit 1
+eval "$pg_env"
+echo "PostgreSQL: $(sed -E 's#(://[^:/@]+):[^@]*@#\1:****@#' <<<"$PG_DSN")" # without the password
 
 step "starting pgtrace: $listen -> $PG_HOST:$PG_PORT (admin on $admin)"
 "$work/pgtrace" serve --listen "$listen" --upstream "$PG_HOST:$PG_PORT" --admin-listen "$admin" \
@@ -84,7 +99,9 @@ grep 'msg="pgtrace ready"' "$work/pgtrace.log"
 
 # The example service's DSN names pgtrace, not PostgreSQL: the one change a
 # user makes.
-proxy_dsn="postgres://$PG_USER${PG_PASSWORD:+:$PG_PASSWORD}@$listen/$PG_DB?sslmode=disable&application_name=partners"
+pw=""
+if [ -n "$PG_PASSWORD" ]; then pw=":$(printf %s "$PG_PASSWORD" | jq -sRr @uri)"; fi
+proxy_dsn="postgres://$PG_USER$pw@$listen/$PG_DB?sslmode=disable&application_name=partners"
 step "starting the example service on $app with PARTNERS_DSN pointing at pgtrace"
 PARTNERS_DSN="$proxy_dsn" PARTNERS_ADDR="$app" OTEL_SERVICE_NAME="${OTEL_SERVICE_NAME:-partners}" \
 	"$work/partners" >"$work/partners.log" 2>&1 &
@@ -104,19 +121,26 @@ echo "done"
 sleep 1.5 # let the pipeline and the detector's ticker catch up
 
 step "top queries by total time (GET http://$admin/api/queries)"
-curl -fsS "http://$admin/api/queries?sort=total&limit=8" |
-	jq -r '.queries[] | [(.calls|tostring), (.total_ms|.*100|round/100|tostring), (.p95_ms|.*100|round/100|tostring), .summary, (.query|.[0:70])] | @tsv' |
+queries="$(curl -fsS "http://$admin/api/queries?sort=total&limit=8")"
+jq -r '.queries[] | [(.calls|tostring), (.total_ms|.*100|round/100|tostring), (.p95_ms|.*100|round/100|tostring), .summary, (.query|.[0:70])] | @tsv' <<<"$queries" |
 	(printf 'calls\ttotal_ms\tp95_ms\tsummary\tquery\n'; cat) | column -t -s $'\t'
 
 step "findings (GET http://$admin/api/findings)"
 curl -fsS "http://$admin/api/findings" |
 	jq -r '.findings[] | "\(.type)\tcount=\(.count)\ttotal=\(.total_duration_ms|.*100|round/100)ms\tapp=\(.application)\t\(.query|.[0:60])"' | column -t -s $'\t'
 
-step "a few Prometheus metrics (GET http://$admin/metrics)"
-# awk reads all of it and prints the first 8 matches: "| head" would kill the
-# writer with SIGPIPE, which pipefail turns into a failed demo.
+step "the metrics that tell the story (GET http://$admin/metrics; otel_scope_* labels left out)"
+# The findings, the connections, and the top query's latency: the same
+# series a dashboard or an alert reads. awk reads all of its input ("| head"
+# would kill the writer with SIGPIPE, which pipefail turns into a failure).
 metrics="$(curl -fsS "http://$admin/metrics")"
-awk '/^(db_n_plus_one_detected_total|pgtrace_slow_queries_total|db_client_operation_duration_seconds_count)/ && n++ < 8' <<<"$metrics"
+top="$(jq -r '.queries[0].summary // ""' <<<"$queries")"
+awk -v top="db_query_summary=\"$top\"" '
+	/^# / { next }
+	/^(db_n_plus_one_detected_total|pgtrace_slow_queries_total|db_client_connection_count|pgtrace_connections_opened_total)\{/ ||
+	(/^db_client_operation_duration_seconds_(count|sum)\{/ && index($0, top)) {
+		gsub(/,?otel_scope_[a-z_]+="[^"]*"/, ""); sub(/\{,/, "{"); print
+	}' <<<"$metrics"
 
 echo
 echo "Admin page: http://$admin/   (API: /api/queries /api/findings /api/connections; metrics: /metrics)"

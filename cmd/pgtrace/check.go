@@ -15,11 +15,15 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/urfave/cli/v2"
+	collectormetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -46,10 +50,11 @@ func checkCommand() *cli.Command {
 	var cc checkConfig
 	return &cli.Command{
 		Name:  "check",
-		Usage: "check that pgtrace can run here: upstream, listen addresses, OTLP endpoint",
+		Usage: "check that pgtrace can run here: upstream, listen addresses, OTLP endpoints",
 		Description: `check connects to the upstream PostgreSQL (and logs in when a user is
 given), checks that the listen and admin addresses are free, and probes the OTLP
-endpoint named by the OTEL_* variables. It prints PASS or FAIL per item, with the
+endpoints named by the OTEL_* variables, traces and metrics each (a collector may
+take only one: Jaeger takes traces only). It prints PASS or FAIL per item, with the
 address and how to fix each failure, and exits 1 when anything failed.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "upstream", Value: "127.0.0.1:5432", EnvVars: []string{"PGTRACE_UPSTREAM"}, Destination: &cc.Upstream,
@@ -114,7 +119,7 @@ func runChecks(ctx context.Context, cc checkConfig, getenv func(string) string) 
 	if cc.AdminListen != "" {
 		rs = append(rs, checkFree("admin", cc.AdminListen, "--admin-listen"))
 	}
-	rs = append(rs, checkOTLP(ctx, cc.Timeout, getenv))
+	rs = append(rs, checkOTLP(ctx, cc.Timeout, getenv)...)
 	return rs
 }
 
@@ -230,74 +235,48 @@ func checkFree(name, addr, flag string) checkResult {
 	return r
 }
 
-// otlpTarget is the traces endpoint the OTEL_* variables name.
-type otlpTarget struct {
-	Protocol string // grpc or http/protobuf
-	Endpoint string // as configured
-	Insecure bool
-	// Signal is true when Endpoint came from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-	// which OTLP/HTTP uses as given; the general endpoint gets /v1/traces.
-	Signal bool
+// checkOTLP probes each signal's OTLP endpoint, as export.ResolveOTLP
+// reads the OTEL_* variables (so as the exporters will send): traces and
+// metrics separately, because a collector may take one and not the other
+// (Jaeger takes traces only).
+func checkOTLP(ctx context.Context, timeout time.Duration, getenv func(string) string) []checkResult {
+	traces, metrics := export.ResolveOTLP("traces", getenv), export.ResolveOTLP("metrics", getenv)
+	if traces.Off != "" && traces.Off == metrics.Off {
+		return []checkResult{{Name: "otlp", OK: true, Info: true,
+			Msg: "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT unset or OTEL_SDK_DISABLED=true): traces and metrics stay off, /metrics still works"}}
+	}
+	return []checkResult{checkOTLPSignal(ctx, timeout, traces), checkOTLPSignal(ctx, timeout, metrics)}
 }
 
-func otlpFromEnv(getenv func(string) string) (otlpTarget, bool) {
-	if strings.EqualFold(getenv("OTEL_SDK_DISABLED"), "true") {
-		return otlpTarget{}, false
-	}
-	t := otlpTarget{Protocol: "grpc"}
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
-		if v := getenv(k); v != "" {
-			t.Protocol = v
-			break
-		}
-	}
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
-		if v := getenv(k); v != "" {
-			t.Endpoint, t.Signal = v, k == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-			break
-		}
-	}
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"} {
-		if v := getenv(k); v != "" {
-			t.Insecure = strings.EqualFold(v, "true")
-			break
-		}
-	}
-	return t, t.Endpoint != ""
-}
-
-func checkOTLP(ctx context.Context, timeout time.Duration, getenv func(string) string) checkResult {
-	r := checkResult{Name: "otlp"}
-	t, ok := otlpFromEnv(getenv)
-	if !ok {
+func checkOTLPSignal(ctx context.Context, timeout time.Duration, t export.OTLPTarget) checkResult {
+	r := checkResult{Name: t.Signal}
+	if t.Off != "" {
 		r.OK, r.Info = true, true
-		r.Msg = "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT unset or OTEL_SDK_DISABLED=true): traces stay off, /metrics still works"
+		r.Msg = "OTLP " + t.Signal + " off (" + t.Off + ")"
 		return r
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	switch t.Protocol {
-	case "grpc":
-		return probeOTLPGRPC(ctx, t)
-	case "http/protobuf", "http/json":
+	if t.Protocol == "http/protobuf" {
 		return probeOTLPHTTP(ctx, t)
 	}
-	r.Msg = fmt.Sprintf("OTEL_EXPORTER_OTLP_PROTOCOL=%q is not supported", t.Protocol)
-	r.Fix = "use grpc or http/protobuf"
-	return r
+	return probeOTLPGRPC(ctx, t)
 }
 
-func probeOTLPGRPC(ctx context.Context, t otlpTarget) checkResult {
-	r := checkResult{Name: "otlp"}
-	target, secure := t.Endpoint, !t.Insecure
-	if u, err := url.Parse(t.Endpoint); err == nil && u.Host != "" {
+// refusedFix is the fix when the collector does not take signal at all.
+func refusedFix(signal string) string {
+	return fmt.Sprintf("this collector does not take %s (Jaeger takes traces only): set OTEL_%s_EXPORTER=none, "+
+		"or point OTEL_EXPORTER_OTLP_%s_ENDPOINT at one that does", signal, strings.ToUpper(signal), strings.ToUpper(signal))
+}
+
+func probeOTLPGRPC(ctx context.Context, t export.OTLPTarget) checkResult {
+	r := checkResult{Name: t.Signal}
+	target := t.URL
+	if u, err := url.Parse(t.URL); err == nil && !t.Custom {
 		target = u.Host
-		if u.Scheme == "http" {
-			secure = false
-		}
 	}
 	creds := insecure.NewCredentials()
-	if secure {
+	if !t.Insecure {
 		creds = credentials.NewClientTLSFromCert(nil, "")
 	}
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
@@ -307,49 +286,56 @@ func probeOTLPGRPC(ctx context.Context, t otlpTarget) checkResult {
 		return r
 	}
 	defer conn.Close()
-	_, err = collectortrace.NewTraceServiceClient(conn).Export(ctx, &collectortrace.ExportTraceServiceRequest{}, grpc.WaitForReady(true))
-	if err != nil {
-		r.Msg = fmt.Sprintf("grpc %s (tls=%v): %v", target, secure, err)
-		r.Fix = "start the collector, check the address and port (4317 for gRPC), and OTEL_EXPORTER_OTLP_INSECURE=true for a plaintext collector"
-		return r
+	what := "an empty " + strings.TrimSuffix(t.Signal, "s") + " export"
+	if t.Signal == "metrics" {
+		_, err = collectormetrics.NewMetricsServiceClient(conn).Export(ctx, &collectormetrics.ExportMetricsServiceRequest{}, grpc.WaitForReady(true))
+	} else {
+		_, err = collectortrace.NewTraceServiceClient(conn).Export(ctx, &collectortrace.ExportTraceServiceRequest{}, grpc.WaitForReady(true))
 	}
-	r.OK = true
-	r.Msg = fmt.Sprintf("grpc %s accepted an empty trace export", target)
+	tls := "TLS"
+	if t.Insecure {
+		tls = "plaintext"
+	}
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		r.Msg = fmt.Sprintf("grpc %s answers but does not accept %s (Unimplemented)", target, t.Signal)
+		r.Fix = refusedFix(t.Signal)
+	case err != nil:
+		r.Msg = fmt.Sprintf("grpc %s (%s): %v", target, tls, err)
+		r.Fix = "start the collector, check the address and port (4317 for gRPC), and OTEL_EXPORTER_OTLP_INSECURE=true for a plaintext collector"
+	default:
+		r.OK = true
+		r.Msg = fmt.Sprintf("grpc %s (%s) accepted %s", target, tls, what)
+	}
 	return r
 }
 
-func probeOTLPHTTP(ctx context.Context, t otlpTarget) checkResult {
-	r := checkResult{Name: "otlp"}
-	endpoint := t.Endpoint
-	if !strings.Contains(endpoint, "://") {
-		endpoint = "https://" + endpoint
-		if t.Insecure {
-			endpoint = "http://" + t.Endpoint
-		}
-	}
-	if !t.Signal && !strings.HasSuffix(endpoint, "/v1/traces") {
-		endpoint = strings.TrimSuffix(endpoint, "/") + "/v1/traces"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(""))
+func probeOTLPHTTP(ctx context.Context, t export.OTLPTarget) checkResult {
+	r := checkResult{Name: t.Signal}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL, strings.NewReader(""))
 	if err != nil {
-		r.Msg = fmt.Sprintf("http %s: %v", endpoint, err)
+		r.Msg = fmt.Sprintf("http %s: %v", t.URL, err)
 		r.Fix = "set OTEL_EXPORTER_OTLP_ENDPOINT to the collector's OTLP HTTP address, e.g. http://otel-collector:4318"
 		return r
 	}
 	req.Header.Set("Content-Type", "application/x-protobuf")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		r.Msg = fmt.Sprintf("http %s: %v", endpoint, err)
+		r.Msg = fmt.Sprintf("http %s: %v", t.URL, err)
 		r.Fix = "start the collector, and check the address and port (4318 for HTTP)"
 		return r
 	}
 	resp.Body.Close()
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusNotFound {
-		r.Msg = fmt.Sprintf("http %s answered %s", endpoint, resp.Status)
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented:
+		r.Msg = fmt.Sprintf("http %s answered %s: no %s there", t.URL, resp.Status, t.Signal)
+		r.Fix = refusedFix(t.Signal) + "; or check the endpoint's path"
+	case resp.StatusCode >= 500:
+		r.Msg = fmt.Sprintf("http %s answered %s", t.URL, resp.Status)
 		r.Fix = "check that the address is an OTLP/HTTP receiver"
-		return r
+	default:
+		r.OK = true
+		r.Msg = fmt.Sprintf("http %s answered %s", t.URL, resp.Status)
 	}
-	r.OK = true
-	r.Msg = fmt.Sprintf("http %s answered %s", endpoint, resp.Status)
 	return r
 }

@@ -9,8 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
 
 	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
@@ -32,6 +36,7 @@ func TestCheck(t *testing.T) {
 	}
 	defer busyUnix.Close()
 	freeSock := filepath.Join(t.TempDir(), ".s.PGSQL.6432")
+	tracesOnly := tracesOnlyCollector(t)
 
 	tests := []struct {
 		name     string
@@ -94,14 +99,37 @@ func TestCheck(t *testing.T) {
 			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
 			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.Endpoint()},
 			wantCode: 0,
-			want:     []string{"PASS  otlp      grpc " + receiver.Addr() + " accepted an empty trace export"},
+			want: []string{"PASS  traces    grpc " + receiver.Addr() + " (plaintext) accepted an empty trace export",
+				"PASS  metrics   grpc " + receiver.Addr() + " (plaintext) accepted an empty metric export"},
+		},
+		{
+			name:     "collector without metrics",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + tracesOnly},
+			wantCode: 1,
+			want: []string{"PASS  traces    grpc " + tracesOnly, "FAIL  metrics   grpc " + tracesOnly + " answers but does not accept metrics (Unimplemented)",
+				"fix: this collector does not take metrics (Jaeger takes traces only): set OTEL_METRICS_EXPORTER=none"},
+		},
+		{
+			name:     "metrics switched off",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + tracesOnly, "OTEL_METRICS_EXPORTER": "none"},
+			wantCode: 0,
+			want:     []string{"PASS  traces    grpc " + tracesOnly, "INFO  metrics   OTLP metrics off (OTEL_METRICS_EXPORTER=none)"},
+		},
+		{
+			name:     "endpoint without a scheme",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.Addr(), "OTEL_EXPORTER_OTLP_INSECURE": "true"},
+			wantCode: 0,
+			want:     []string{"PASS  traces    grpc " + receiver.Addr() + " (plaintext)", "PASS  metrics   grpc " + receiver.Addr() + " (plaintext)"},
 		},
 		{
 			name:     "OTLP endpoint down",
 			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", "", "--timeout", "1s"},
 			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + dead},
 			wantCode: 1,
-			want:     []string{"FAIL  otlp      grpc " + dead, "fix: start the collector"},
+			want:     []string{"FAIL  traces    grpc " + dead, "fix: start the collector", "FAIL  metrics   grpc " + dead, "fix: start the collector"},
 		},
 		{
 			name:     "SDK disabled",
@@ -113,7 +141,8 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED", "PGUSER", "PGPASSWORD", "PGDATABASE"} {
+			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED", "PGUSER", "PGPASSWORD", "PGDATABASE",
+				"OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 				t.Setenv(k, "")
 			}
 			for k, v := range tc.env {
@@ -156,10 +185,14 @@ func TestCheckRefusesArguments(t *testing.T) {
 // TestCheckSignalEndpointPath: OTLP/HTTP uses a signal-specific endpoint
 // (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) as given, and the general one with
 // /v1/traces appended; check must probe the same URL the exporter uses.
+// A receiver without /v1/metrics (traces only) fails the metrics line.
 func TestCheckSignalEndpointPath(t *testing.T) {
+	var mu sync.Mutex
 	var paths []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		paths = append(paths, r.URL.Path)
+		mu.Unlock()
 		if r.URL.Path != "/otlp/traces" && r.URL.Path != "/base/v1/traces" {
 			http.NotFound(w, r)
 		}
@@ -172,12 +205,41 @@ func TestCheckSignalEndpointPath(t *testing.T) {
 		t.Run(tc.key, func(t *testing.T) {
 			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+			t.Setenv("OTEL_METRICS_EXPORTER", "")
 			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
 			t.Setenv(tc.key, tc.endpoint)
-			r := checkOTLP(context.Background(), 5*time.Second, os.Getenv)
-			if !r.OK {
-				t.Errorf("%s=%s: %s (paths probed: %q)", tc.key, tc.endpoint, r.Msg, paths)
+			rs := checkOTLP(context.Background(), 5*time.Second, os.Getenv)
+			if len(rs) != 2 || rs[0].Name != "traces" || !rs[0].OK {
+				t.Fatalf("%s=%s: %+v (paths probed: %q)", tc.key, tc.endpoint, rs, paths)
+			}
+			if tc.key == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+				if m := rs[1]; m.Name != "metrics" || m.OK || !strings.Contains(m.Msg, "/base/v1/metrics answered 404") || !strings.Contains(m.Fix, "OTEL_METRICS_EXPORTER=none") {
+					t.Errorf("metrics line %+v, want a FAIL for /base/v1/metrics with the fix", m)
+				}
 			}
 		})
 	}
+}
+
+// tracesOnlyCollector is an OTLP gRPC server with the trace service only,
+// as Jaeger is: metrics get Unimplemented.
+func tracesOnlyCollector(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, acceptTraces{})
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
+type acceptTraces struct {
+	collectortrace.UnimplementedTraceServiceServer
+}
+
+func (acceptTraces) Export(context.Context, *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	return &collectortrace.ExportTraceServiceResponse{}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,7 +31,11 @@ type config struct {
 	Listen      string
 	Upstream    string
 	AdminListen string // "" disables the admin server
-	DialTimeout time.Duration
+	// AdminToken or AdminTokenFile (one of them) protects the admin server
+	// beyond /healthz and /readyz; required off loopback.
+	AdminToken     string
+	AdminTokenFile string
+	DialTimeout    time.Duration
 
 	// TLS.
 	TLSCert         string // client-facing certificate (PEM); with TLSKey
@@ -97,7 +102,17 @@ func (c *config) flags() []cli.Flag {
 		&cli.StringFlag{
 			Name: "admin-listen", Value: "127.0.0.1:9187", Destination: &c.AdminListen, EnvVars: env("admin-listen"), Category: catNetwork,
 			Usage: "`host:port` of the admin HTTP server (/healthz, /readyz, /metrics, /api/*, the page); empty disables it. " +
-				"It has no authentication: keep it on loopback or a private network",
+				"Any address other than loopback needs --admin-token or --admin-token-file",
+		},
+		&cli.StringFlag{
+			Name: "admin-token", Destination: &c.AdminToken, EnvVars: env("admin-token"), Category: catNetwork,
+			Usage: "`token` the admin server asks for on every path but /healthz and /readyz (Authorization: Bearer <token>, " +
+				"or as the password in a browser); at least 16 characters, e.g. from openssl rand -hex 32. " +
+				"Prefer the variable or --admin-token-file: a flag shows in the process list",
+		},
+		&cli.StringFlag{
+			Name: "admin-token-file", Destination: &c.AdminTokenFile, EnvVars: env("admin-token-file"), Category: catNetwork, TakesFile: true,
+			Usage: "`file` holding the admin token (a mounted Kubernetes or compose secret); surrounding whitespace is ignored",
 		},
 		&cli.DurationFlag{
 			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,
@@ -199,8 +214,20 @@ func (c *config) validate() error {
 		bad("--upstream: %w", err)
 	}
 	if c.AdminListen != "" {
-		if err := checkHostPort(c.AdminListen); err != nil {
+		if err := checkHostPort(c.AdminListen, "9187"); err != nil {
 			bad("--admin-listen: %w", err)
+		} else if !isLoopback(c.AdminListen) && c.AdminToken == "" && c.AdminTokenFile == "" {
+			_, port, _ := net.SplitHostPort(c.AdminListen)
+			bad("--admin-listen %s is reachable from other hosts and the admin API would be open to them: "+
+				"set --admin-token or --admin-token-file (PGTRACE_ADMIN_TOKEN, PGTRACE_ADMIN_TOKEN_FILE), or listen on 127.0.0.1:%s", c.AdminListen, port)
+		}
+	}
+	if c.AdminToken != "" && c.AdminTokenFile != "" {
+		bad("--admin-token and --admin-token-file: give one, not both")
+	}
+	if c.AdminToken != "" {
+		if err := checkToken(c.AdminToken); err != nil {
+			bad("--admin-token: %w", err)
 		}
 	}
 	if c.DialTimeout <= 0 {
@@ -272,7 +299,7 @@ func (c *config) validate() error {
 func checkAddr(s, port string) error {
 	network, path := wire.Network(s)
 	if network == "tcp" {
-		return checkHostPort(s)
+		return checkHostPort(s, port)
 	}
 	fi, err := os.Stat(path)
 	switch {
@@ -287,16 +314,77 @@ func checkAddr(s, port string) error {
 }
 
 // checkHostPort accepts host:port with a numeric port; the host may be empty
-// (all interfaces), as net.Listen allows.
-func checkHostPort(s string) error {
+// (all interfaces), as net.Listen allows. defPort makes the example of the
+// error message; a bare port number is shown back on loopback.
+func checkHostPort(s, defPort string) error {
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port: %w", s, err)
+		example := "127.0.0.1:" + defPort
+		switch {
+		case isDigits(s): // a port alone
+			example = "127.0.0.1:" + s
+		case s != "" && !strings.ContainsAny(s, ": /"): // a host alone
+			example = net.JoinHostPort(s, defPort)
+		}
+		return fmt.Errorf("%q is not host:port: want host:port, e.g. %s", s, example)
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
 		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", s, port)
 	}
 	return nil
+}
+
+// isLoopback reports whether the host of hostPort is a loopback address or
+// "localhost": only this host can connect. An empty host or 0.0.0.0 is
+// every interface.
+func isLoopback(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// minTokenLength is the shortest admin token accepted.
+const minTokenLength = 16
+
+// checkToken rejects an admin token too short to resist guessing, or one
+// that cannot travel in an HTTP header.
+func checkToken(token string) error {
+	if strings.HasPrefix(strings.ToUpper(token), "CHANGE-ME") {
+		return errors.New("the token is the placeholder of the example manifests: replace it (e.g. openssl rand -hex 32)")
+	}
+	if len(token) < minTokenLength {
+		return fmt.Errorf("the token has %d characters, want at least %d (e.g. openssl rand -hex 32)", len(token), minTokenLength)
+	}
+	for _, r := range token {
+		if r <= ' ' || r == 0x7f || r > 0x7e {
+			return errors.New("the token must be printable ASCII without spaces (e.g. openssl rand -hex 32)")
+		}
+	}
+	return nil
+}
+
+// adminToken is the admin token from --admin-token or the file
+// --admin-token-file names, or "" when neither is set. validate must have
+// accepted c.
+func (c *config) adminToken() (string, error) {
+	if c.AdminTokenFile == "" {
+		return c.AdminToken, nil
+	}
+	b, err := os.ReadFile(c.AdminTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--admin-token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if err := checkToken(token); err != nil {
+		return "", fmt.Errorf("--admin-token-file %s: %w", c.AdminTokenFile, err)
+	}
+	return token, nil
 }
 
 // logger builds the process logger on w as --log-format and --log-level say.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,28 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 			},
 		},
 		{
+			name: "admin server off loopback with a token from the environment",
+			args: []string{"--admin-listen", "0.0.0.0:9187"},
+			env:  map[string]string{"PGTRACE_ADMIN_TOKEN": "0123456789abcdef0123"},
+			want: func(c *config) { c.AdminListen = "0.0.0.0:9187"; c.AdminToken = "0123456789abcdef0123" },
+		},
+		{
+			// The file is read at start (serve), not while parsing.
+			name: "admin server off loopback with a token file",
+			args: []string{"--admin-listen", ":9187", "--admin-token-file", "/run/secrets/pgtrace-admin-token"},
+			want: func(c *config) { c.AdminListen = ":9187"; c.AdminTokenFile = "/run/secrets/pgtrace-admin-token" },
+		},
+		{
+			name: "loopback needs no token",
+			args: []string{"--admin-listen", "[::1]:9187"},
+			want: func(c *config) { c.AdminListen = "[::1]:9187" },
+		},
+		{
+			name: "localhost needs no token",
+			args: []string{"--admin-listen", "localhost:9187"},
+			want: func(c *config) { c.AdminListen = "localhost:9187" },
+		},
+		{
 			name: "flags beat environment variables",
 			args: []string{"serve", "--listen", "0.0.0.0:6432", "--log-level", "warn"},
 			env:  map[string]string{"PGTRACE_LISTEN": "127.0.0.1:1", "PGTRACE_LOG_LEVEL": "error", "PGTRACE_LOG_FORMAT": "text"},
@@ -164,7 +187,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad sslmode", []string{"--upstream-sslmode", "x"}, nil,
 			[]string{`--upstream-sslmode: "x" is not one of disable, prefer, require, verify-full`}},
 		{"ca without verify-full", []string{"--upstream-ca", "ca.pem"}, nil, []string{"--upstream-ca is only used with --upstream-sslmode verify-full"}},
-		{"listen not host:port", []string{"--listen", "6432"}, nil, []string{`--listen: "6432" is not host:port`}},
+		{"listen not host:port", []string{"--listen", "6432"}, nil, []string{`--listen: "6432" is not host:port: want host:port, e.g. 127.0.0.1:6432`}},
+		{"upstream without a port", []string{"--upstream", "db"}, nil, []string{`--upstream: "db" is not host:port: want host:port, e.g. db:5432`}},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, []string{`--listen: "127.0.0.1:70000": port "70000"`}},
 		{"upstream port not a number", []string{"--upstream", "db:pg"}, nil, []string{`--upstream: "db:pg": port "pg"`}},
 		{"listen socket directory", []string{"--listen", "/"}, nil,
@@ -175,6 +199,20 @@ func TestConfigErrors(t *testing.T) {
 		{"TLS over a Unix socket", []string{"--upstream", "/run/pg/.s.PGSQL.5432", "--upstream-sslmode", "require"}, nil,
 			[]string{"--upstream-sslmode require: PostgreSQL has no TLS on a Unix socket"}},
 		{"bad admin-listen", []string{"--admin-listen", "x"}, nil, []string{"--admin-listen:"}},
+		{"admin on every interface without a token", []string{"--admin-listen", "0.0.0.0:9187"}, nil,
+			[]string{"--admin-listen 0.0.0.0:9187 is reachable from other hosts", "set --admin-token or --admin-token-file", "or listen on 127.0.0.1:9187"}},
+		{"admin on an empty host without a token", nil, map[string]string{"PGTRACE_ADMIN_LISTEN": ":9187"},
+			[]string{"--admin-listen :9187 is reachable from other hosts"}},
+		{"admin on a host name without a token", []string{"--admin-listen", "pgtrace.internal:9187"}, nil,
+			[]string{"--admin-listen pgtrace.internal:9187 is reachable from other hosts"}},
+		{"admin token and file", []string{"--admin-token", "0123456789abcdef0123", "--admin-token-file", "t"}, nil,
+			[]string{"--admin-token and --admin-token-file: give one, not both"}},
+		{"short admin token", []string{"--admin-listen", "0.0.0.0:9187", "--admin-token", "s3cret"}, nil,
+			[]string{"--admin-token: the token has 6 characters, want at least 16"}},
+		{"placeholder admin token", []string{"--admin-listen", "0.0.0.0:9187", "--admin-token", "CHANGE-ME-openssl-rand-hex-32"}, nil,
+			[]string{"--admin-token: the token is the placeholder of the example manifests: replace it"}},
+		{"admin token with a space", []string{"--admin-token", "0123456789 abcdef0123"}, nil,
+			[]string{"--admin-token: the token must be printable ASCII without spaces"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
 		{"negative cap", []string{"--max-client-connections", "-1"}, nil, []string{"--max-client-connections: must be 0 (no cap) or more"}},
@@ -188,9 +226,18 @@ func TestConfigErrors(t *testing.T) {
 		{"every problem is reported", []string{"--log-format", "xml", "--tls-key", "k.pem", "--listen", "nope"}, nil,
 			[]string{"--log-format:", "--tls-cert and --tls-key", "--listen:"}},
 		{"bad value from the environment", nil, map[string]string{"PGTRACE_LOG_LEVEL": "loud"}, []string{`--log-level: "loud"`}},
-		{"unparsable environment variable", nil, map[string]string{"PGTRACE_DIAL_TIMEOUT": "soon"}, []string{"PGTRACE_DIAL_TIMEOUT"}},
-		{"unparsable flag value", []string{"--dial-timeout", "soon"}, nil, []string{"invalid value \"soon\" for flag -dial-timeout"}},
-		{"unknown flag", []string{"--nope"}, nil, []string{"flag provided but not defined: -nope"}},
+		{"unparsable environment variable", nil, map[string]string{"PGTRACE_DIAL_TIMEOUT": "soon"},
+			[]string{`PGTRACE_DIAL_TIMEOUT (for --dial-timeout): "soon" is not a duration with a unit, e.g. 5s`}},
+		{"unparsable flag value", []string{"--dial-timeout", "soon"}, nil, []string{`--dial-timeout: "soon" is not a duration with a unit, e.g. 5s`}},
+		{"duration without a unit", []string{"--slow-query-threshold=100"}, nil,
+			[]string{`--slow-query-threshold: "100" is not a duration with a unit, e.g. 100ms or 100s (see pgtrace serve --help)`}},
+		{"not a whole number", []string{"--max-fingerprints", "1e3"}, nil, []string{`--max-fingerprints: "1e3" is not a whole number, e.g. 5000`}},
+		{"not a boolean", []string{"--keep-slow-spans=maybe"}, nil, []string{`--keep-slow-spans: "maybe" is not true or false`}},
+		{"missing value", []string{"--listen"}, nil, []string{"--listen needs a value (host:port, e.g. 127.0.0.1:6432)"}},
+		{"unknown flag", []string{"--nope"}, nil, []string{"unknown flag --nope (see pgtrace serve --help for the flags)"}},
+		{"unknown flag near a real one", []string{"--slow-threshold=1s"}, nil,
+			[]string{"unknown flag --slow-threshold: did you mean --slow-query-threshold?"}},
+		{"misspelt flag", []string{"--upstrem", "db:5432"}, nil, []string{"unknown flag --upstrem: did you mean --upstream?"}},
 		{"stray argument", []string{"serve", "extra"}, nil, []string{"serve takes no arguments"}},
 		{"unknown command", []string{"sreve"}, nil, []string{`no command "sreve"`}},
 	}
@@ -208,9 +255,18 @@ func TestConfigErrors(t *testing.T) {
 			if code := exitCode(err); code != 2 {
 				t.Errorf("pgtrace %q: exit code %d, want 2 (usage)", tt.args, code)
 			}
+			// Flags are named as users type them, with two dashes.
+			// (openssl's own option, in the advice for a token, is not ours.)
+			if m := singleDashFlag.FindString(strings.ReplaceAll(err.Error(), "openssl rand -hex", "")); m != "" {
+				t.Errorf("pgtrace %q: error %q names a flag with one dash: %q", tt.args, err, m)
+			}
 		})
 	}
 }
+
+// singleDashFlag matches a flag written with one dash, as Go's flag package
+// writes them ("-dial-timeout").
+var singleDashFlag = regexp.MustCompile(`(^|[\s(])-[a-z][a-z-]+`)
 
 func TestExitCodes(t *testing.T) {
 	tests := []struct {
@@ -220,9 +276,10 @@ func TestExitCodes(t *testing.T) {
 		{nil, 0},
 		{errors.New("boom"), 1},
 		{errSigInt, 130},
-		{errSigTerm, 143},
+		{errSigTerm, 0}, // a graceful stop, as systemd and Kubernetes ask for
 		{usageError(errors.New("bad flag")), 2},
-		{errors.Join(errors.New("shutdown"), errSigTerm), 143},
+		{errors.Join(errors.New("shutdown"), errSigTerm), 1},
+		{errors.Join(errors.New("shutdown"), errSigInt), 130},
 	}
 	for _, tt := range tests {
 		if got := exitCode(tt.err); got != tt.want {
@@ -294,5 +351,11 @@ func TestCommandsAreRegistered(t *testing.T) {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("pgtrace --help does not list %s:\n%s", name, out.String())
 		}
+	}
+	// The README runs `pgtrace --upstream …`: the first line of the root
+	// help says that serve is the default and where its flags are.
+	first, _, _ := strings.Cut(out.String(), "\n")
+	if !strings.Contains(first, "runs serve, the default") || !strings.Contains(out.String(), "`pgtrace serve --help` lists its flags") {
+		t.Errorf("pgtrace --help does not start by naming serve as the default and its --help:\n%s", out.String())
 	}
 }

@@ -20,10 +20,14 @@ func (e *exitError) ExitCode() int { return e.code }
 
 // The ways pgtrace ends other than success (0) and plain failure (1).
 var (
-	// errSigInt: SIGINT received; 128+2 as shells report it.
+	// errSigInt: SIGINT received (Ctrl-C); 128+2 as shells report it, so
+	// that a script sees it was interrupted.
 	errSigInt = &exitError{code: 130, err: errors.New("SIGINT signal received")}
-	// errSigTerm: SIGTERM received; 128+15.
-	errSigTerm = &exitError{code: 143, err: errors.New("SIGTERM signal received")}
+	// errSigTerm: SIGTERM received. It is how systemd, Kubernetes and
+	// docker stop a service, and a graceful stop is a success: exit 0.
+	// systemd counts 143 as a failure (unless SuccessExitStatus=143), and
+	// so would a restart policy or an alert on failed containers.
+	errSigTerm = &exitError{code: 0, err: errors.New("SIGTERM signal received")}
 )
 
 // usageError marks err as a usage error (bad flag, bad value, stray
@@ -49,6 +53,9 @@ func exitCode(err error) int {
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
+		if ee.code == 0 && err != error(ee) {
+			return 1 // a clean stop, but something else failed with it
+		}
 		return ee.code
 	}
 	return 1

@@ -67,6 +67,7 @@ func jaegerBinary(t *testing.T) string {
 // jaegerServer is a running Jaeger v2 subprocess.
 type jaegerServer struct {
 	otlpAddr string // OTLP gRPC receiver, host:port
+	httpAddr string // OTLP HTTP receiver, host:port
 	apiURL   string // query service HTTP base, e.g. http://127.0.0.1:16686
 	out      *lockedBuffer
 }
@@ -117,9 +118,10 @@ func startJaeger(t *testing.T, bin string) *jaegerServer {
 }
 
 func tryStartJaeger(t *testing.T, bin, config string) (*jaegerServer, error) {
-	p := freePorts(t, 3)
+	p := freePorts(t, 4)
 	js := &jaegerServer{
 		otlpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p[0])),
+		httpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p[3])),
 		apiURL:   "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p[1])),
 		out:      &lockedBuffer{},
 	}
@@ -135,6 +137,7 @@ func tryStartJaeger(t *testing.T, bin, config string) (*jaegerServer, error) {
 		"PGTRACE_JAEGER_OTLP_GRPC_PORT="+strconv.Itoa(p[0]),
 		"PGTRACE_JAEGER_QUERY_HTTP_PORT="+strconv.Itoa(p[1]),
 		"PGTRACE_JAEGER_QUERY_GRPC_PORT="+strconv.Itoa(p[2]),
+		"PGTRACE_JAEGER_OTLP_HTTP_PORT="+strconv.Itoa(p[3]),
 	)
 	cmd.Stdout, cmd.Stderr = js.out, js.out
 	if err := cmd.Start(); err != nil {
@@ -177,11 +180,13 @@ func tryStartJaeger(t *testing.T, bin, config string) (*jaegerServer, error) {
 
 // ready reports whether the OTLP port accepts and the query API answers.
 func (js *jaegerServer) ready() bool {
-	c, err := net.DialTimeout("tcp", js.otlpAddr, time.Second)
-	if err != nil {
-		return false
+	for _, addr := range []string{js.otlpAddr, js.httpAddr} {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
 	}
-	c.Close()
 	resp, err := http.Get(js.apiURL + "/api/v3/services")
 	if err != nil {
 		return false

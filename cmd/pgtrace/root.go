@@ -56,10 +56,18 @@ func withDefaultCommand(args []string) []string {
 	return args
 }
 
+// rootHelpFirstLine opens `pgtrace --help`.
+const rootHelpFirstLine = "pgtrace without a command runs serve, the default: `pgtrace --upstream db:5432` is `pgtrace serve --upstream db:5432`.\n" +
+	"`pgtrace serve --help` lists its flags."
+
 // newApp builds the command line with its flags bound to cfg.
 func newApp(cfg *config, stdin io.Reader, stdout, stderr io.Writer) *cli.App {
-	onUsageError := func(_ *cli.Context, err error, _ bool) error {
-		return usageError(fmt.Errorf("%w (see --help)", err))
+	onUsageError := func(c *cli.Context, err error, isSubcommand bool) error {
+		name, flags := "", c.App.Flags
+		if isSubcommand && c.Command != nil {
+			name, flags = c.Command.Name, c.Command.Flags
+		}
+		return usageError(explainFlagError(name, flags, err))
 	}
 	serve := &cli.Command{
 		Name:  "serve",
@@ -95,6 +103,9 @@ func newApp(cfg *config, stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			"and connection metrics, for any language and driver. Without a command, pgtrace runs serve.\n\n" +
 			precedence,
 		Version: versionString(),
+		// The README runs `pgtrace --upstream …`: the first line says where
+		// those flags are.
+		CustomAppHelpTemplate: rootHelpFirstLine + "\n\n" + cli.AppHelpTemplate,
 		Commands: []*cli.Command{
 			serve,
 			withUsageErrors(fingerprintCommand(), onUsageError),

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dotmac/pgtrace/admin"
+	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -65,6 +68,10 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	adminToken, err := cfg.adminToken()
+	if err != nil {
+		return err
+	}
 	ws := &wire.Server{
 		Upstream:             cfg.Upstream,
 		DialTimeout:          cfg.DialTimeout,
@@ -90,7 +97,15 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 			// Flushing exporters is bounded apart from the sessions' grace.
 			fctx, cancel := context.WithTimeout(force, 10*time.Second)
 			defer cancel()
-			if err := obs.Shutdown(fctx); err != nil {
+			err := obs.Shutdown(fctx)
+			var notSent *export.ShutdownError
+			switch {
+			case errors.As(err, &notSent):
+				// A slow or dead collector: one line, what was lost and why.
+				log.Warn("OTLP export did not finish: spans and metric points not sent",
+					"spans_not_sent", notSent.SpansNotSent, "metric_points_not_sent", notSent.MetricPointsNotSent,
+					"cause", notSent.Cause)
+			case err != nil:
 				log.Error("observation pipeline did not shut down cleanly", "err", err)
 			}
 		})
@@ -112,6 +127,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		Metrics:           obs.Metrics,
 		ActiveConnections: ws.ActiveConnections,
 		MaxConnections:    cfg.MaxClientConnections,
+		Token:             adminToken,
 		Logger:            log,
 	}
 	if obs.Routes != nil {
@@ -153,9 +169,11 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		"listen", ln.Addr().String(),
 		"upstream", cfg.Upstream,
 		"admin", adminAddr,
+		"admin_auth", adminAuth(adminAddr, adminToken),
 		"version", version,
 		"max_client_connections", cfg.MaxClientConnections,
 	)
+	go warnIfUnresolvable(ctx, log, cfg.Upstream, cfg.DialTimeout)
 
 	var stopErr error
 	select {
@@ -192,6 +210,45 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 	// so /healthz answers until the very end.
 	stopObservation()
 	return stopErr
+}
+
+// adminAuth says, for the ready line, what the admin server asks for.
+func adminAuth(addr, token string) string {
+	switch {
+	case addr == "":
+		return "off"
+	case token != "":
+		return "token (/healthz and /readyz open)"
+	}
+	return "none (loopback)"
+}
+
+// warnIfUnresolvable logs a warning when the host name of upstream does not
+// resolve within timeout. pgtrace keeps serving: the name may resolve later
+// (a database or a Kubernetes Service still starting); until then clients
+// get SQLSTATE 08001 and /readyz says why. Nothing is logged when ctx ends
+// first (shutdown).
+func warnIfUnresolvable(ctx context.Context, log *slog.Logger, upstream string, timeout time.Duration) {
+	network, addr := wire.Network(upstream)
+	if network != "tcp" {
+		return
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return // an IP address: nothing to resolve
+	}
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err = net.DefaultResolver.LookupHost(lctx, host)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	log.Warn("the upstream's host name does not resolve; serving anyway, clients get SQLSTATE 08001 until it does",
+		"upstream", upstream, "host", host, "err", err,
+		"fix", "check the host in --upstream (PGTRACE_UPSTREAM); `pgtrace check --upstream "+upstream+"` tests it")
 }
 
 func reason(err error) string {

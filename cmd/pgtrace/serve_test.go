@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -175,8 +177,8 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 
 	err = p.stop(t, errSigTerm)
-	if !errors.Is(err, errSigTerm) || exitCode(err) != 143 {
-		t.Errorf("run returned %v (exit %d), want the SIGTERM error (exit 143)", err, exitCode(err))
+	if !errors.Is(err, errSigTerm) || exitCode(err) != 0 {
+		t.Errorf("run returned %v (exit %d), want the SIGTERM error (exit 0)", err, exitCode(err))
 	}
 	p.logs.wait(t, "shutting down", time.Second)
 	p.logs.wait(t, "all sessions finished", time.Second)
@@ -207,6 +209,96 @@ func TestServeRealSignal(t *testing.T) {
 	}
 }
 
+// startProcess runs pgtrace as a real process (the test binary re-executed
+// as main, see TestMain) with args and waits for its ready line. The
+// process is killed when the test ends if it still runs.
+func startProcess(t *testing.T, args ...string) (cmd *exec.Cmd, stderr *lockedBuffer, exited <-chan struct{}) {
+	t.Helper()
+	cmd = exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	stderr = &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	deadline := time.After(30 * time.Second)
+	for !strings.Contains(stderr.String(), `"msg":"`+readyMessage+`"`) {
+		select {
+		case <-done:
+			t.Fatalf("pgtrace %q exited before it was ready (%v):\n%s", args, cmd.ProcessState, stderr)
+		case <-deadline:
+			t.Fatalf("pgtrace %q not ready after 30s:\n%s", args, stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return cmd, stderr, done
+}
+
+// TestSignalExitCodes runs pgtrace as a process: SIGTERM, the way service
+// managers stop it, is a clean exit (0); SIGINT, an interrupt at a
+// terminal, exits 130 as shells report it. Neither prints an error.
+func TestSignalExitCodes(t *testing.T) {
+	for _, tt := range []struct {
+		sig  syscall.Signal
+		want int
+	}{
+		{syscall.SIGTERM, 0},
+		{syscall.SIGINT, 130},
+	} {
+		t.Run(tt.sig.String(), func(t *testing.T) {
+			cmd, stderr, exited := startProcess(t, "serve", "--listen=127.0.0.1:0", "--admin-listen=127.0.0.1:0",
+				"--upstream", closedAddr(t))
+			if err := cmd.Process.Signal(tt.sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("pgtrace did not stop on %v:\n%s", tt.sig, stderr)
+			}
+			if got := cmd.ProcessState.ExitCode(); got != tt.want {
+				t.Errorf("exit code after %v = %d, want %d\n%s", tt.sig, got, tt.want, stderr)
+			}
+			if strings.Contains(stderr.String(), "pgtrace: ") {
+				t.Errorf("an error was printed after %v:\n%s", tt.sig, stderr)
+			}
+		})
+	}
+}
+
+// TestServeWarnsUnresolvableUpstream: a host name that does not resolve
+// gets a warning at start; pgtrace serves anyway (the name may resolve
+// later) and /readyz says why it is not ready.
+func TestServeWarnsUnresolvableUpstream(t *testing.T) {
+	upstream := "no-such-host.invalid:5432" // .invalid never resolves (RFC 2606)
+	p := startPgtrace(t, "--upstream", upstream, "--dial-timeout=2s")
+	w := p.logs.wait(t, "the upstream's host name does not resolve; serving anyway, clients get SQLSTATE 08001 until it does", 10*time.Second)
+	if w.str("level") != "WARN" || w.str("upstream") != upstream || w.str("host") != "no-such-host.invalid" || !strings.Contains(w.str("fix"), "--upstream") {
+		t.Errorf("warning = %v, want level WARN naming the upstream, its host and the flag", w)
+	}
+	if code, body := httpGet(t, "http://"+p.ready.str("admin")+"/readyz"); code != 503 || !strings.Contains(body, upstream) {
+		t.Errorf("GET /readyz = %d %q, want 503 naming %s", code, body, upstream)
+	}
+
+	// A name that resolves, and an IP address, get no warning.
+	for _, up := range []string{"localhost:5432", closedAddr(t)} {
+		q := startPgtrace(t, "--upstream", up)
+		time.Sleep(200 * time.Millisecond)
+		if strings.Contains(q.logs.String(), "does not resolve") {
+			t.Errorf("--upstream %s: warned although it resolves:\n%s", up, q.logs)
+		}
+	}
+}
+
 func TestServeClosesLingeringSessions(t *testing.T) {
 	pg := pgtest.Start(t)
 	p := startPgtrace(t, "--upstream", pg.Addr(), "--shutdown-timeout=300ms")
@@ -222,8 +314,8 @@ func TestServeClosesLingeringSessions(t *testing.T) {
 
 	start := time.Now()
 	err = p.stop(t, errSigTerm)
-	if exitCode(err) != 143 {
-		t.Errorf("run returned %v, want the SIGTERM error", err)
+	if !errors.Is(err, errSigTerm) || exitCode(err) != 0 {
+		t.Errorf("run returned %v (exit %d), want the SIGTERM error (exit 0)", err, exitCode(err))
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("shutdown took %v with a 300ms grace period", d)
