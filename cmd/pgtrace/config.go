@@ -62,12 +62,21 @@ type config struct {
 	FingerprintCacheSize       int
 	TenantTag                  string
 	KeepSlowSpans              bool
+
+	// Export: what spans and metrics say.
+	ServiceNameFrom  string // application_name|sqlcommenter|none
+	MaxApplications  int
+	MetricsHistogram string // explicit|exponential
+	ExportRawErrors  bool
 }
 
 var (
 	logFormats   = []string{"json", "text"}
 	logLevels    = []string{"debug", "info", "warn", "error"}
 	upstreamSSLs = []string{"disable", "prefer", "require", "verify-full"}
+
+	serviceNameFroms  = []string{"application_name", "sqlcommenter", "none"}
+	metricsHistograms = []string{"explicit", "exponential"}
 )
 
 // Flag categories, as --help groups them.
@@ -77,6 +86,7 @@ const (
 	catLimits    = "Limits and lifecycle"
 	catLogging   = "Logging"
 	catDetection = "Detection"
+	catExport    = "Export"
 )
 
 // env is the environment variable of flag name: PGTRACE_ and the name in
@@ -198,6 +208,28 @@ func (c *config) flags() []cli.Flag {
 			Name: "keep-slow-spans", Value: true, Destination: &c.KeepSlowSpans, EnvVars: env("keep-slow-spans"), Category: catDetection,
 			Usage: "export spans of slow, failed and N+1 statements even when the sampler dropped them (--keep-slow-spans=false to disable)",
 		},
+
+		&cli.StringFlag{
+			Name: "service-name-from", Value: "application_name", Destination: &c.ServiceNameFrom, EnvVars: env("service-name-from"), Category: catExport,
+			Usage: "which client application statement and transaction spans are exported under (service.name), so that each application " +
+				"has its own service in the tracing backend: application_name (the session's, else the sqlcommenter application or " +
+				"db_driver tag), sqlcommenter (the tag first), or none (everything under pgtrace's own OTEL_SERVICE_NAME); " +
+				"connect spans always stay pgtrace's, and metrics name the application in pgtrace.application",
+		},
+		&cli.IntFlag{
+			Name: "max-applications", Value: 100, Destination: &c.MaxApplications, EnvVars: env("max-applications"), Category: catExport,
+			Usage: "client applications that get a service and a metric label of their own; later ones share \"other\"",
+		},
+		&cli.StringFlag{
+			Name: "metrics-histogram", Value: "explicit", Destination: &c.MetricsHistogram, EnvVars: env("metrics-histogram"), Category: catExport,
+			Usage: "duration histograms: explicit (buckets dense around the 100 ms, 120 ms and 800 ms alert thresholds) or " +
+				"exponential (base-2, finer everywhere; on /metrics these are Prometheus native histograms, scraped over protobuf)",
+		},
+		&cli.BoolFlag{
+			Name: "export-raw-errors", Destination: &c.ExportRawErrors, EnvVars: env("export-raw-errors"), Category: catExport,
+			Usage: "export PostgreSQL's error messages as they are; by default the values quoted in them (the literal a statement " +
+				"failed on) are replaced by \"?\", and the SQLSTATE and the names of relations, columns and constraints are kept",
+		},
 	}
 }
 
@@ -280,6 +312,15 @@ func (c *config) validate() error {
 	}
 	if c.FingerprintCacheSize <= 0 {
 		bad("--fingerprint-cache-size: must be positive, got %d", c.FingerprintCacheSize)
+	}
+	if !slices.Contains(serviceNameFroms, c.ServiceNameFrom) {
+		bad("--service-name-from: %q is not one of %s", c.ServiceNameFrom, strings.Join(serviceNameFroms, ", "))
+	}
+	if c.MaxApplications <= 0 {
+		bad("--max-applications: must be positive, got %d", c.MaxApplications)
+	}
+	if !slices.Contains(metricsHistograms, c.MetricsHistogram) {
+		bad("--metrics-histogram: %q is not one of %s", c.MetricsHistogram, strings.Join(metricsHistograms, ", "))
 	}
 	if len(errs) <= 1 {
 		return errors.Join(errs...)

@@ -62,6 +62,9 @@ func defaults() config {
 		FingerprintCacheSize:       10000,
 		TenantTag:                  "tenant_id",
 		KeepSlowSpans:              true,
+		ServiceNameFrom:            "application_name",
+		MaxApplications:            100,
+		MetricsHistogram:           "explicit",
 	}
 }
 

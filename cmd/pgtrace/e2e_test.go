@@ -30,6 +30,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/dotmac/pgtrace/detector"
+	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
 )
@@ -252,9 +253,12 @@ func TestEndToEndPartnersThroughPgtrace(t *testing.T) {
 			return s.TraceID() == traceID && s.GetKind() == tracepb.Span_SPAN_KIND_SERVER && serviceName(s) == "partners"
 		})[0]
 	}
+	// pgtrace exports a statement's span under the service of the
+	// application that ran it (--service-name-from application_name):
+	// partners' own service, in pgtrace's instrumentation scope.
 	querySpans := func(traceID string) func(otlptest.Span) bool {
 		return func(s otlptest.Span) bool {
-			return s.TraceID() == traceID && serviceName(s) == "pgtrace"
+			return s.TraceID() == traceID && serviceName(s) == "partners" && s.Scope.GetName() == export.ScopeName
 		}
 	}
 

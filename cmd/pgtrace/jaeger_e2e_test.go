@@ -340,7 +340,8 @@ func TestJaegerEndToEnd(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.DSNAt(listen, pg.User, pg.Password, pg.Database))
+	// The application names itself: its statements are its service's.
+	conn, err := pgx.Connect(ctx, pgtest.DSNAt(listen, pg.User, pg.Password, pg.Database)+"&application_name=billing")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,8 +370,8 @@ func TestJaegerEndToEnd(t *testing.T) {
 	if s.Name != want.Summary {
 		t.Errorf("span name = %q, want db.query.summary %q", s.Name, want.Summary)
 	}
-	if s.service != "pgtrace" {
-		t.Errorf("service.name = %q, want OTEL_SERVICE_NAME pgtrace", s.service)
+	if s.service != "billing" {
+		t.Errorf("service.name = %q, want the application's, billing", s.service)
 	}
 	host, _, _ := net.SplitHostPort(pg.Addr())
 	a := jaegerAttrs(s.Attributes)

@@ -41,15 +41,19 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		NoTenant:  cfg.TenantTag == "", // --tenant-tag "" turns tenants off
 	})
 	exp, err := export.New(ctx, export.Config{
-		UpstreamAddr:        cfg.Upstream,
-		SlowThreshold:       cfg.SlowQueryThreshold,
-		KeepSlowSpans:       cfg.KeepSlowSpans,
-		Logger:              log,
-		Version:             version,
-		DroppedEvents:       ws.DroppedEvents,
-		ForgottenStatements: ws.ForgottenStatements,
-		AnalyzerStats:       analyzer.Stats,
-		Connections:         ws.Connections,
+		UpstreamAddr:          cfg.Upstream,
+		SlowThreshold:         cfg.SlowQueryThreshold,
+		KeepSlowSpans:         cfg.KeepSlowSpans,
+		ServiceNameFrom:       cfg.ServiceNameFrom,
+		MaxApplications:       cfg.MaxApplications,
+		ExponentialHistograms: cfg.MetricsHistogram == "exponential",
+		RawErrors:             cfg.ExportRawErrors,
+		Logger:                log,
+		Version:               version,
+		DroppedEvents:         ws.DroppedEvents,
+		ForgottenStatements:   ws.ForgottenStatements,
+		AnalyzerStats:         analyzer.Stats,
+		Connections:           ws.Connections,
 	})
 	if err != nil {
 		return observation{}, err
