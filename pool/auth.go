@@ -106,6 +106,12 @@ func (e *ClientAuthError) SQLState() string { return e.Code }
 // bounds it with a deadline on the connection (PostgreSQL's
 // authentication_timeout is 60 s).
 func AuthenticateClient(rw io.ReadWriter, user string, secret Secret, method AuthMethod) (*ClientAuth, error) {
+	return authenticateClient(rw, user, secret, method, nil)
+}
+
+// authenticateClient is AuthenticateClient; verifiers, when not nil, keeps
+// the verifiers derived from plain passwords.
+func authenticateClient(rw io.ReadWriter, user string, secret Secret, method AuthMethod, verifiers *verifierCache) (*ClientAuth, error) {
 	c := clientAuth{rw: rw, user: user}
 	if method == "" {
 		method = AuthMD5
@@ -120,7 +126,7 @@ func AuthenticateClient(rw io.ReadWriter, user string, secret Secret, method Aut
 		if method == AuthMD5 {
 			return c.md5(md5Secret(secret.Plain, user)[3:], nil)
 		}
-		v, err := NewSCRAMVerifier(secret.Plain, DefaultSCRAMIterations)
+		v, err := verifiers.get(user, secret.Plain)
 		if err != nil {
 			return nil, c.fail(codeInvalidPassword, err)
 		}
@@ -344,6 +350,11 @@ func randomVerifier() *SCRAMVerifier {
 // is random per Authenticator so that the same unknown user always sees
 // the same SCRAM salt (as a real user does).
 //
+// For a plain password and AuthSCRAM, the verifier derived from it (a
+// PBKDF2 of 4096 iterations, most of a login's cost) is kept per user, as
+// PgBouncer keeps it, until the password changes; so a user's salt is
+// stable there too.
+//
 // The zero value is not usable: Source is required.
 type Authenticator struct {
 	// Source finds a user's secret. Required.
@@ -351,8 +362,9 @@ type Authenticator struct {
 	// Method is how clients prove their password; "" means AuthMD5.
 	Method AuthMethod
 
-	once sync.Once
-	key  []byte // for mock secrets
+	once      sync.Once
+	key       []byte // for mock secrets
+	verifiers verifierCache
 }
 
 // Authenticate looks user up and authenticates the client on rw (see
@@ -381,11 +393,52 @@ func (a *Authenticator) Authenticate(ctx context.Context, rw io.ReadWriter, user
 		c := clientAuth{rw: rw, user: user}
 		return Secret{}, nil, c.fail(codeConnFailure, fmt.Errorf("look up the secret: %w", err))
 	}
-	auth, err := AuthenticateClient(rw, user, secret, a.Method)
+	auth, err := authenticateClient(rw, user, secret, a.Method, &a.verifiers)
 	if err != nil {
 		return Secret{}, nil, err
 	}
 	return secret, auth, nil
+}
+
+// verifierCache keeps the verifiers derived from plain passwords, by user,
+// bounded by DefaultAuthCacheSize. A nil *verifierCache derives each time.
+type verifierCache struct {
+	mu sync.Mutex
+	m  map[string]derivedVerifier
+}
+
+type derivedVerifier struct {
+	plain string // the password it was derived from
+	v     *SCRAMVerifier
+}
+
+func (c *verifierCache) get(user, plain string) (*SCRAMVerifier, error) {
+	if c == nil {
+		return NewSCRAMVerifier(plain, DefaultSCRAMIterations)
+	}
+	c.mu.Lock()
+	d, ok := c.m[user]
+	c.mu.Unlock()
+	if ok && d.plain == plain {
+		return d.v, nil
+	}
+	v, err := NewSCRAMVerifier(plain, DefaultSCRAMIterations)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]derivedVerifier)
+	}
+	if _, ok := c.m[user]; !ok && len(c.m) >= DefaultAuthCacheSize {
+		for k := range c.m { // drop an arbitrary one
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[user] = derivedVerifier{plain: plain, v: v}
+	return v, nil
 }
 
 // MockSecret is the secret an unknown user is checked against: a SCRAM

@@ -648,6 +648,49 @@ func TestAuthenticatorLookupFails(t *testing.T) {
 	}
 }
 
+// TestPlainVerifierKept: with an Authenticator, a plain password's SCRAM
+// verifier is derived once per user (a stable salt, as for a stored
+// verifier) and again when the password changes.
+func TestPlainVerifierKept(t *testing.T) {
+	users := Userlist{"u": plainSecret("u", "pw")}
+	a := &Authenticator{Source: users, Method: AuthSCRAM}
+	salt := func(password string) string {
+		t.Helper()
+		client, server := tcpPair(t)
+		fe := pgproto3.NewFrontend(client, client)
+		firsts := make(chan string, 1)
+		go func() {
+			defer close(firsts)
+			fe.Receive()
+			sc := NewSCRAMClient(password)
+			client.Write(saslInitial("SCRAM-SHA-256", string(sc.ClientFirst())))
+			m, err := fe.Receive()
+			if err != nil {
+				return
+			}
+			serverFirst := string(m.(*pgproto3.AuthenticationSASLContinue).Data)
+			firsts <- serverFirst
+			final, _ := sc.ClientFinal([]byte(serverFirst))
+			client.Write(rawMsg('p', string(final)))
+		}()
+		_, auth, err := a.Authenticate(t.Context(), server, "u")
+		if err != nil || auth.ClientKey != nil {
+			t.Fatalf("Authenticate: %v, %v", auth, err)
+		}
+		_, rest, _ := strings.Cut(<-firsts, ",s=")
+		s, _, _ := strings.Cut(rest, ",")
+		return s
+	}
+	first := salt("pw")
+	if again := salt("pw"); again != first || first == "" {
+		t.Fatalf("salts %q then %q, want one", first, again)
+	}
+	users["u"] = plainSecret("u", "new-pw")
+	if changed := salt("new-pw"); changed == first {
+		t.Fatal("the verifier outlived the password")
+	}
+}
+
 func TestMockSecret(t *testing.T) {
 	a, b := &Authenticator{Method: AuthSCRAM}, &Authenticator{Method: AuthSCRAM}
 	s1, s2 := a.MockSecret("ghost"), a.MockSecret("ghost")

@@ -477,3 +477,38 @@ func FuzzParseSCRAMVerifier(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkNewSCRAMVerifier is the proxy's cost of a SCRAM login against a
+// plain password: one PBKDF2 of 4096 iterations.
+func BenchmarkNewSCRAMVerifier(b *testing.B) {
+	for b.Loop() {
+		if _, err := NewSCRAMVerifier("pencil", 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkSCRAMServer is the proxy's cost of a SCRAM login against a
+// stored verifier (the client's own PBKDF2 excluded).
+func BenchmarkSCRAMServer(b *testing.B) {
+	v := mustVerifier(b, rfcVerifier)
+	c := NewSCRAMClient("pencil")
+	s := NewSCRAMServer(v)
+	first, _ := s.ServerFirst(c.ClientFirst())
+	final, err := c.ClientFinal(first)
+	if err != nil {
+		b.Fatal(err)
+	}
+	clientFirst := c.ClientFirst()
+	serverNonce := string(first[len("r=")+len(c.clientNonce) : bytes.IndexByte(first, ',')])
+	for b.Loop() {
+		s := NewSCRAMServer(v)
+		s.serverNonce = serverNonce // the nonce the client's proof signs
+		if _, err := s.ServerFirst(clientFirst); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.ServerFinal(final); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
