@@ -16,6 +16,12 @@ var t0 = time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)
 // query makes a fingerprint.Query for a synthetic statement.
 func query(fp, normalized, op string) *fingerprint.Query {
 	q := &fingerprint.Query{Fingerprint: fp, Normalized: normalized, Summary: op + " t", Operation: op}
+	switch op {
+	case "BEGIN":
+		q.TxControl = fingerprint.TxBegin
+	case "COMMIT":
+		q.TxControl = fingerprint.TxCommit
+	}
 	if i := strings.Index(normalized, " FROM "); i >= 0 {
 		q.Tables = []string{strings.Fields(normalized[i+len(" FROM "):])[0]}
 	}

@@ -285,31 +285,17 @@ func (c *connState) runFinding(r *run, window time.Duration) Finding {
 
 // isTxControl reports whether q is transaction or session control (BEGIN,
 // COMMIT, SET, …): never an N+1 candidate, and not counted as a statement
-// between repetitions.
+// between repetitions. Transaction control is what the fingerprint stage
+// classified (Query.TxControl); session control is read from the
+// operation.
 func isTxControl(q *fingerprint.Query) bool {
-	w := firstWord(q.Operation)
-	if w == "" {
-		w = firstWord(q.Normalized)
-	}
-	switch strings.ToUpper(w) {
-	case "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-		"TRANSACTION", "PREPARE", "SET", "RESET", "SHOW", "DISCARD", "DEALLOCATE",
-		"LISTEN", "UNLISTEN":
-		return true
-	}
-	return false
+	return q.TxControl != fingerprint.TxNone || sessionControl[q.Operation]
 }
 
-// firstWord returns the first run of letters and underscores in s, after
-// any leading space or parentheses.
-func firstWord(s string) string {
-	i := 0
-	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '(') {
-		i++
-	}
-	j := i
-	for j < len(s) && (s[j] >= 'a' && s[j] <= 'z' || s[j] >= 'A' && s[j] <= 'Z' || s[j] == '_') {
-		j++
-	}
-	return s[i:j]
+// sessionControl are the operations (db.operation.name) that set up or
+// look at the session rather than touch data.
+var sessionControl = map[string]bool{
+	"SET": true, "RESET": true, "SHOW": true, "DISCARD": true, "DEALLOCATE": true,
+	"LISTEN": true, "UNLISTEN": true, "PREPARE": true,
+	"COMMIT PREPARED": true, "ROLLBACK PREPARED": true,
 }

@@ -93,8 +93,8 @@ func query(op, coll, summary, fp string) *fingerprint.Query {
 var (
 	qSelect = query("SELECT", "users", "SELECT users", "00000000000000a1")
 	qInsert = query("INSERT", "orders", "INSERT orders", "00000000000000a2")
-	qBegin  = &fingerprint.Query{Fingerprint: "00000000000000b1", Normalized: "BEGIN", Summary: "BEGIN", Operation: "BEGIN"}
-	qCommit = &fingerprint.Query{Fingerprint: "00000000000000b2", Normalized: "COMMIT", Summary: "COMMIT", Operation: "COMMIT"}
+	qBegin  = &fingerprint.Query{Fingerprint: "00000000000000b1", Normalized: "BEGIN", Summary: "BEGIN", Operation: "BEGIN", TxControl: fingerprint.TxBegin}
+	qCommit = &fingerprint.Query{Fingerprint: "00000000000000b2", Normalized: "COMMIT", Summary: "COMMIT", Operation: "COMMIT", TxControl: fingerprint.TxCommit}
 )
 
 // stmt builds a statement that started at start and took d.

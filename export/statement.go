@@ -161,10 +161,14 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 
 // txOutcome is how the transaction that st ended ended.
 func txOutcome(st *wire.Statement, q *fingerprint.Query) string {
+	var c fingerprint.TxControl
+	if q != nil {
+		c = q.TxControl
+	}
 	switch {
-	case q != nil && q.Operation == "ROLLBACK", st.Failed():
+	case c.RollsBack(), st.Failed():
 		return "rollback"
-	case q != nil && (q.Operation == "COMMIT" || q.Operation == "PREPARE TRANSACTION"):
+	case c.Ends():
 		return "commit" // endTxLocked makes it rollback for a failed transaction
 	}
 	return "ended" // the session went idle without a COMMIT or ROLLBACK pgtrace saw
