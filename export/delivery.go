@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -22,7 +23,7 @@ import (
 // them (errorHandler, rate-limited).
 type delivery struct {
 	signal string // "traces" or "metrics"
-	target OTLPTarget
+	target otelenv.Target
 	log    *slog.Logger
 
 	refused atomic.Bool

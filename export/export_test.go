@@ -319,42 +319,6 @@ func TestSampling(t *testing.T) {
 	}
 }
 
-func TestSamplerFromEnv(t *testing.T) {
-	tests := []struct {
-		sampler, arg, ratio string
-		want                string // Description prefix; "" means error
-	}{
-		{"", "", "", "ParentBased{root:AlwaysOnSampler"},
-		{"always_off", "", "", "AlwaysOffSampler"},
-		{"traceidratio", "0.25", "", "TraceIDRatioBased{0.25}"},
-		{"parentbased_traceidratio", "0.5", "", "ParentBased{root:TraceIDRatioBased{0.5}"},
-		{"", "", "0.1", "ParentBased{root:TraceIDRatioBased{0.1}"},
-		{"always_on", "", "0.1", "AlwaysOnSampler"}, // the standard variable wins over the alias
-		{"traceidratio", "2", "", ""},
-		{"bogus", "", "", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.sampler+"/"+tt.arg+"/"+tt.ratio, func(t *testing.T) {
-			t.Setenv("OTEL_TRACES_SAMPLER", tt.sampler)
-			t.Setenv("OTEL_TRACES_SAMPLER_ARG", tt.arg)
-			t.Setenv("OTEL_TRACES_SAMPLING_RATIO", tt.ratio)
-			s, err := samplerFromEnv()
-			if tt.want == "" {
-				if err == nil {
-					t.Fatalf("got %s, want an error", s.Description())
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := s.Description(); len(d) < len(tt.want) || d[:len(tt.want)] != tt.want {
-				t.Errorf("sampler = %s, want %s…", d, tt.want)
-			}
-		})
-	}
-}
-
 func TestNoSpanOutputMeansNoIDs(t *testing.T) {
 	clearOTelEnv(t)
 	e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), MetricReader: sdkmetric.NewManualReader()})

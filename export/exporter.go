@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,7 +49,7 @@ type Exporter struct {
 	apps   *applications
 	// legacy: spans carry the pre-1.26 database attributes (db.system,
 	// db.name, db.statement, db.operation, db.user) beside the stable
-	// ones (semconvLegacy).
+	// ones (otelenv.LegacyDatabaseAttributes).
 	legacy bool
 	reg    *prometheus.Registry
 
@@ -74,7 +75,7 @@ type Exporter struct {
 // New builds the tracer and meter providers. It sets the global OTel error
 // handler and logger to log through cfg.Logger (errors rate-limited). OTLP
 // export is on when an OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}ENDPOINT is set
-// and OTEL_SDK_DISABLED is not true (ResolveOTLP); gRPC unless
+// and OTEL_SDK_DISABLED is not true (otelenv.OTLP); gRPC unless
 // OTEL_EXPORTER_OTLP_PROTOCOL (or the per-signal variable) says
 // http/protobuf. One log line says where each signal goes. Exporters
 // connect lazily, so New does not fail because a collector is down. The
@@ -97,16 +98,16 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		return nil, fmt.Errorf("export: service name from %q: want %s, %s or %s", cfg.ServiceNameFrom,
 			ServiceFromApplicationName, ServiceFromSQLCommenter, ServiceFromNone)
 	}
-	traces, metrics := ResolveOTLP("traces", os.Getenv), ResolveOTLP("metrics", os.Getenv)
+	traces, metrics := otelenv.OTLP("traces", os.Getenv), otelenv.OTLP("metrics", os.Getenv)
 	// The SDK reports export failures to the global handler and its own
 	// notes to the global logger. pgtrace has one Exporter per process;
 	// its logger takes both, in its format.
-	otel.SetErrorHandler(&errorHandler{log: cfg.Logger, targets: []OTLPTarget{traces, metrics}})
+	otel.SetErrorHandler(&errorHandler{log: cfg.Logger, targets: []otelenv.Target{traces, metrics}})
 	otel.SetLogger(logr.FromSlogHandler(newSDKLogHandler(cfg.Logger.Handler(), traces, metrics)))
 	e := &Exporter{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		legacy:  semconvLegacy(os.Getenv("OTEL_SEMCONV_STABILITY_OPT_IN")),
+		legacy:  otelenv.LegacyDatabaseAttributes(os.Getenv),
 		conns:   make(map[uint64]*connState),
 		sweepAt: minSweepAt,
 		sets:    make(map[setKey]*metricSets),
@@ -150,7 +151,7 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 // logTargets says, once at start, where OTLP goes: one line for both
 // signals, and a warning for each thing that may surprise (an endpoint
 // without a scheme sent with TLS, a protocol replaced).
-func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
+func (e *Exporter) logTargets(traces, metrics otelenv.Target) {
 	switch {
 	case traces.Off == "OTEL_SDK_DISABLED=true":
 		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
@@ -165,20 +166,22 @@ func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
 	}
 	attrs := []any{"traces", traces.String(), "metrics", metrics.String()}
 	if traces.Off == "" {
-		attrs = append(attrs, "sampler", samplerFromEnvName(os.Getenv))
+		attrs = append(attrs, "sampler", otelenv.SamplerName(os.Getenv))
 	}
 	if metrics.Off == "" {
-		attrs = append(attrs, "metric_interval", metricInterval(os.Getenv).String())
+		attrs = append(attrs, "metric_interval", otelenv.MetricInterval(os.Getenv).String())
 	}
 	e.log.Info("OTLP export", attrs...)
 	warned := map[string]bool{}
-	for _, t := range []OTLPTarget{traces, metrics} {
+	for _, t := range []otelenv.Target{traces, metrics} {
 		if t.Off != "" {
 			continue
 		}
-		if t.ProtocolWarning != "" && !warned[t.ProtocolWarning] {
-			warned[t.ProtocolWarning] = true
-			e.log.Warn(t.ProtocolWarning)
+		for _, w := range t.Warnings {
+			if !warned[w] {
+				warned[w] = true
+				e.log.Warn(w)
+			}
 		}
 		if t.NoScheme && !t.Insecure && !warned[t.Variable] {
 			warned[t.Variable] = true
@@ -189,14 +192,14 @@ func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
 	}
 }
 
-func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
+func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
 	spanExp := cfg.SpanExporter
 	if spanExp == nil && target.Off == "" {
 		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings; the
-		// endpoint is the one ResolveOTLP resolved. pgtrace's exporter
+		// endpoint is the one otelenv.OTLP resolved. pgtrace's exporter
 		// encodes the spans (otlpExporter), as protobuf only.
 		var err error
-		if target.Protocol == "http/protobuf" {
+		if target.Protocol == otelenv.ProtocolHTTP {
 			opts := []otlptracehttp.Option{otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)}
 			if !target.Custom {
 				opts = append(opts, otlptracehttp.WithEndpointURL(target.URL))
@@ -218,10 +221,9 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		e.tracer = noop.NewTracerProvider().Tracer(ScopeName)
 		return nil
 	}
-	base, err := samplerFromEnv()
+	base, err := otelenv.Sampler(os.Getenv)
 	if err != nil {
 		e.log.Warn("invalid trace sampler configuration; using parentbased_always_on", "err", err)
-		base = sdktrace.ParentBased(sdktrace.AlwaysSample())
 	}
 	sampler := keepSampler{base: base}
 	// Statement spans are recycled when they reach nothing but the batcher
@@ -287,7 +289,7 @@ type transientExporter interface {
 	keepsNoSpans()
 }
 
-func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
+func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
 	prom, err := otelprom.New(otelprom.WithRegisterer(e.reg))
 	if err != nil {
 		return fmt.Errorf("export: prometheus exporter: %w", err)
@@ -305,7 +307,7 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 	}
 	if target.Off == "" {
 		var exp sdkmetric.Exporter
-		if target.Protocol == "http/protobuf" {
+		if target.Protocol == otelenv.ProtocolHTTP {
 			var hopts []otlpmetrichttp.Option
 			if !target.Custom {
 				hopts = append(hopts, otlpmetrichttp.WithEndpointURL(target.URL))
@@ -321,9 +323,9 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 		if err != nil {
 			return fmt.Errorf("export: OTLP metric exporter: %w", err)
 		}
-		// The periodic reader reads OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT.
 		exp = deliveredMetrics{Exporter: exp, d: e.metricDelivery}
-		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp,
+			sdkmetric.WithInterval(otelenv.MetricInterval(os.Getenv)), sdkmetric.WithTimeout(otelenv.MetricTimeout(os.Getenv)))))
 	}
 	if cfg.MetricReader != nil {
 		opts = append(opts, sdkmetric.WithReader(cfg.MetricReader))
@@ -391,32 +393,6 @@ func (e *Exporter) shutdownTracing(ctx context.Context) error {
 	return nil
 }
 
-// semconvLegacy reports whether spans carry the legacy database attributes
-// beside the stable ones, by OTEL_SEMCONV_STABILITY_OPT_IN (a comma list):
-// "database" asks for the stable ones only, "database/dup" for both. Unset,
-// pgtrace sends both, as it always has: SigNoz's DB views still key on
-// db.system and db.statement (docs/deploy.md lists which panel reads
-// which).
-func semconvLegacy(optIn string) bool {
-	legacy := true
-	for _, v := range strings.Split(optIn, ",") {
-		switch strings.TrimSpace(v) {
-		case "database/dup":
-			return true
-		case "database":
-			legacy = false
-		}
-	}
-	return legacy
-}
-
-func envInt(key string, def int) int {
-	if v, err := strconv.Atoi(strings.TrimSpace(os.Getenv(key))); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 func splitHostPort(addr string) (string, int) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -435,7 +411,7 @@ func (l slogPromLogger) Println(v ...any) { l.l.Error("prometheus handler", "err
 // ones it held back: a dead collector must not flood the log.
 type errorHandler struct {
 	log     *slog.Logger
-	targets []OTLPTarget // for hints
+	targets []otelenv.Target // for hints
 
 	mu         sync.Mutex
 	last       time.Time

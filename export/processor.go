@@ -2,10 +2,12 @@ package export
 
 import (
 	"context"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -48,18 +50,18 @@ func newBatcher(exp sdktrace.SpanExporter, release func(sdktrace.ReadOnlySpan)) 
 	if release == nil {
 		release = func(sdktrace.ReadOnlySpan) {}
 	}
+	bsp := otelenv.BSP(os.Getenv)
 	b := &batcher{
 		exp:      exp,
 		release:  release,
-		maxQueue: envInt("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize),
-		maxBatch: envInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize),
-		delay:    time.Duration(envInt("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)) * time.Millisecond,
-		timeout:  time.Duration(envInt("OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)) * time.Millisecond,
+		maxQueue: bsp.MaxQueueSize,
+		maxBatch: bsp.MaxExportBatchSize,
+		delay:    bsp.ScheduleDelay,
+		timeout:  bsp.ExportTimeout,
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	b.maxBatch = min(b.maxBatch, b.maxQueue)
 	b.runCtx, b.cancelRun = context.WithCancel(context.Background())
 	go b.run()
 	return b

@@ -14,7 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dotmac/pgtrace/export"
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/dotmac/pgtrace/internal/pgtest"
 )
 
@@ -82,7 +82,7 @@ func TestJaegerWithoutMetrics(t *testing.T) {
 	} {
 		t.Run(tt.protocol, func(t *testing.T) {
 			otlpTestEnv(t, tt.endpoint, tt.protocol)
-			traces, metrics := export.ResolveOTLP("traces", os.Getenv), export.ResolveOTLP("metrics", os.Getenv)
+			traces, metrics := otelenv.OTLP("traces", os.Getenv), otelenv.OTLP("metrics", os.Getenv)
 			p := startPgtrace(t, "--upstream", pg.Addr())
 			start := p.logs.find("OTLP export")
 			if len(start) != 1 || start[0].str("traces") != traces.String() || start[0].str("metrics") != metrics.String() ||
