@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/dotmac/pgtrace/export/internal/fastspan"
 	"github.com/dotmac/pgtrace/internal/otelenv"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -73,7 +74,7 @@ func refusesSignal(err error) bool {
 
 // deliveredTraces is an OTLP trace client under a delivery's watch.
 type deliveredTraces struct {
-	traceClient
+	fastspan.Client
 	d *delivery
 }
 
@@ -87,7 +88,7 @@ func (x deliveredTraces) UploadTraces(ctx context.Context, rss []*tracepb.Resour
 			n += len(ss.GetSpans())
 		}
 	}
-	return x.d.done(x.traceClient.UploadTraces(ctx, rss), n)
+	return x.d.done(x.Client.UploadTraces(ctx, rss), n)
 }
 
 // deliveredMetrics is a metric exporter under a delivery's watch.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dotmac/pgtrace/export/internal/fastspan"
 	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,14 +21,15 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -43,10 +45,15 @@ type Exporter struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 	tp     *sdktrace.TracerProvider // nil when no span goes anywhere
-	spans  *spanSink                // builds statement spans; nil when tp is
-	mp     *sdkmetric.MeterProvider
-	drops  *batcher // nil unless spans are exported
-	apps   *applications
+	// spans builds statement spans on the fast path (SpanPathFast); nil
+	// on the SDK path, where they go through the tracers.
+	spans *fastspan.Sink
+	// spansOn says statement spans go somewhere: a span exporter or
+	// processor is configured, and Shutdown has not begun. Under mu.
+	spansOn bool
+	mp      *sdkmetric.MeterProvider
+	drops   *fastspan.Batcher // the fast path's queue; nil unless spans are exported on it
+	apps    *applications
 	// legacy: spans carry the pre-1.26 database attributes (db.system,
 	// db.name, db.statement, db.operation, db.user) beside the stable
 	// ones (otelenv.LegacyDatabaseAttributes).
@@ -89,6 +96,13 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 	}
 	if cfg.MaxApplications <= 0 {
 		cfg.MaxApplications = defaultMaxApplications
+	}
+	switch cfg.SpanPath {
+	case "":
+		cfg.SpanPath = SpanPathFast
+	case SpanPathFast, SpanPathSDK:
+	default:
+		return nil, fmt.Errorf("export: span path %q: want %s or %s", cfg.SpanPath, SpanPathFast, SpanPathSDK)
 	}
 	switch cfg.ServiceNameFrom {
 	case "":
@@ -193,24 +207,32 @@ func (e *Exporter) logTargets(traces, metrics otelenv.Target) {
 }
 
 func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
+	fast := cfg.SpanPath != SpanPathSDK
 	spanExp := cfg.SpanExporter
 	if spanExp == nil && target.Off == "" {
 		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings; the
-		// endpoint is the one otelenv.OTLP resolved. pgtrace's exporter
-		// encodes the spans (otlpExporter), as protobuf only.
-		var err error
+		// endpoint is the one otelenv.OTLP resolved. Both paths send
+		// protobuf (the client would read http/json from the variables).
+		var client fastspan.Client
 		if target.Protocol == otelenv.ProtocolHTTP {
 			opts := []otlptracehttp.Option{otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)}
 			if !target.Custom {
 				opts = append(opts, otlptracehttp.WithEndpointURL(target.URL))
 			}
-			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracehttp.NewClient(opts...), e.spanDelivery})
+			client = otlptracehttp.NewClient(opts...)
 		} else {
 			var opts []otlptracegrpc.Option
 			if !target.Custom {
 				opts = append(opts, otlptracegrpc.WithEndpointURL(target.URL))
 			}
-			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracegrpc.NewClient(opts...), e.spanDelivery})
+			client = otlptracegrpc.NewClient(opts...)
+		}
+		client = deliveredTraces{client, e.spanDelivery}
+		var err error
+		if fast {
+			spanExp, err = fastspan.NewExporter(ctx, client) // pgtrace's encoder
+		} else {
+			spanExp, err = otlptrace.New(ctx, client) // the OTel exporter
 		}
 		if err != nil {
 			return fmt.Errorf("export: OTLP span exporter: %w", err)
@@ -226,19 +248,27 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		e.log.Warn("invalid trace sampler configuration; using parentbased_always_on", "err", err)
 	}
 	sampler := keepSampler{base: base}
-	// Statement spans are recycled when they reach nothing but the batcher
-	// and an exporter known to keep nothing of them: no user processor.
-	recycle := cfg.SpanProcessor == nil && keepsNoSpans(cfg.SpanExporter)
-	e.spans = newSpanSink(sampler, nil, res, cfg.Version, recycle)
+	scope := instrumentation.Scope{Name: ScopeName, Version: cfg.Version}
 
 	var procs []sdktrace.SpanProcessor
-	if spanExp != nil {
-		var release func(sdktrace.ReadOnlySpan)
-		if recycle {
-			release = e.spans.release
+	if fast {
+		// Statement spans are recycled when they reach nothing but the
+		// batcher and an exporter known to keep nothing of them: no user
+		// processor.
+		recycle := cfg.SpanProcessor == nil && keepsNoSpans(cfg.SpanExporter)
+		e.spans = fastspan.NewSink(sampler, res, scope, recycle)
+		if spanExp != nil {
+			var release func(sdktrace.ReadOnlySpan)
+			if recycle {
+				release = e.spans.Release
+			}
+			e.drops = fastspan.NewBatcher(spanExp, release, otelenv.BSP(os.Getenv)) // bounded; drops and counts
+			procs = append(procs, e.drops)
 		}
-		e.drops = newBatcher(spanExp, release) // bounded; drops and counts
-		procs = append(procs, e.drops)
+	} else if spanExp != nil {
+		// The SDK's batch span processor: bounded too, it drops when full
+		// (it does not block), but keeps its count to itself.
+		procs = append(procs, sdktrace.NewBatchSpanProcessor(spanExp, otelenv.BSP(os.Getenv).Options()...))
 	}
 	if cfg.SpanProcessor != nil {
 		procs = append(procs, cfg.SpanProcessor)
@@ -250,13 +280,18 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 	for _, p := range procs {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
-	// Transaction and connect spans go through the provider; statement
-	// spans are built whole and handed to the same processors (spanSink).
+	// Transaction and connect spans go through the provider, and on the
+	// SDK path statement spans too; on the fast path statement spans are
+	// built whole and handed to the same processors (fastspan.Sink).
 	e.tp = sdktrace.NewTracerProvider(opts...)
 	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
-	e.spans.procs = procs
-	// An application's transaction spans come from a provider of its own
-	// resource, feeding the same processors.
+	if e.spans != nil {
+		e.spans.SetProcessors(procs)
+	}
+	e.spansOn = true
+	// An application's spans (transaction spans, and statement spans on
+	// the SDK path) come from a provider of its own resource, feeding the
+	// same processors.
 	e.apps.newTracer = func(res *resource.Resource) (trace.Tracer, func(context.Context) error) {
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
 		for _, p := range procs {
@@ -271,22 +306,24 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 // keepsNoSpans reports whether exp, the configured span exporter (nil:
 // pgtrace's own OTLP exporter), is known to read the spans only while
 // ExportSpans runs and to keep none of them, nor their attribute slices,
-// once it returns. pgtrace's OTLP exporter (otlpExporter, over gRPC or
-// HTTP) encodes the batch before sending it, and retries with the encoded
-// request; the no-op exporter reads nothing.
+// once it returns: pgtrace's OTLP exporter (fastspan.Exporter, over gRPC
+// or HTTP), which encodes the batch before sending it and retries with
+// the encoded request, and any exporter that says so (TransientExporter).
 func keepsNoSpans(exp sdktrace.SpanExporter) bool {
 	switch exp.(type) {
-	case nil, *otlpExporter, *tracetest.NoopExporter, transientExporter:
+	case nil, *fastspan.Exporter, TransientExporter:
 		return true
 	}
 	return false
 }
 
-// transientExporter is implemented by test exporters that, like the OTLP
-// exporters, keep nothing of the spans once ExportSpans returns.
-type transientExporter interface {
+// TransientExporter is a span exporter that reads the spans only while
+// ExportSpans runs and keeps none of them, nor their attribute slices,
+// once it returns. Given as Config.SpanExporter on the fast span path, its
+// statement spans are recycled, as with pgtrace's OTLP exporter.
+type TransientExporter interface {
 	sdktrace.SpanExporter
-	keepsNoSpans()
+	KeepsNoSpans()
 }
 
 func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
@@ -362,9 +399,7 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 		e.endTxLocked(cs, time.Now(), "closed")
 		delete(e.conns, id)
 	}
-	if e.spans != nil {
-		e.spans.procs = nil // the processors shut down with the provider
-	}
+	e.spansOn = false // the processors shut down with the provider
 	e.apps.shutdown(ctx)
 	e.mu.Unlock()
 	// Both flush at once, so that a dead collector's spans do not use up

@@ -317,4 +317,3 @@ func TestAsyncpgStatementCache(t *testing.T) {
 		})
 	}
 }
-
