@@ -68,6 +68,7 @@ type config struct {
 	MaxApplications  int
 	MetricsHistogram string // explicit|exponential
 	ExportRawErrors  bool
+	SpanPath         string // fast|sdk
 }
 
 var (
@@ -77,6 +78,7 @@ var (
 
 	serviceNameFroms  = []string{"application_name", "sqlcommenter", "none"}
 	metricsHistograms = []string{"explicit", "exponential"}
+	spanPaths         = []string{"fast", "sdk"}
 )
 
 // Flag categories, as --help groups them.
@@ -230,6 +232,12 @@ func (c *config) flags() []cli.Flag {
 			Usage: "export PostgreSQL's error messages as they are; by default the values quoted in them (the literal a statement " +
 				"failed on) are replaced by \"?\", and the SQLSTATE and the names of relations, columns and constraints are kept",
 		},
+		&cli.StringFlag{
+			Name: "span-path", Value: "fast", Destination: &c.SpanPath, EnvVars: env("span-path"), Category: catExport,
+			Usage: "how statement spans are built and sent: fast (built whole and encoded by pgtrace, a fraction of the CPU " +
+				"per sampled statement) or sdk (the OpenTelemetry SDK's tracer, batch span processor and OTLP exporter); " +
+				"both send the same spans, and pgtrace.spans.dropped counts drops on the fast path only",
+		},
 	}
 }
 
@@ -321,6 +329,9 @@ func (c *config) validate() error {
 	}
 	if !slices.Contains(metricsHistograms, c.MetricsHistogram) {
 		bad("--metrics-histogram: %q is not one of %s", c.MetricsHistogram, strings.Join(metricsHistograms, ", "))
+	}
+	if !slices.Contains(spanPaths, c.SpanPath) {
+		bad("--span-path: %q is not one of %s", c.SpanPath, strings.Join(spanPaths, ", "))
 	}
 	if len(errs) <= 1 {
 		return errors.Join(errs...)

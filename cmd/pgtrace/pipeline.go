@@ -48,6 +48,7 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		MaxApplications:       cfg.MaxApplications,
 		ExponentialHistograms: cfg.MetricsHistogram == "exponential",
 		RawErrors:             cfg.ExportRawErrors,
+		SpanPath:              cfg.SpanPath,
 		Logger:                log,
 		Version:               version,
 		DroppedEvents:         ws.DroppedEvents,
