@@ -90,10 +90,22 @@ func (c *clock) next(step time.Duration) time.Time {
 	return c.t
 }
 
-// recorder collects the findings announced through OnFinding.
-type recorder struct{ got []Finding }
+// recorder collects the findings d's Observe, ObserveConn and Tick
+// return.
+type recorder struct {
+	d   *Detector
+	got []Finding
+}
 
-func (r *recorder) on(f Finding) { r.got = append(r.got, f) }
+func (r *recorder) Observe(s *Statement) Verdict {
+	v := r.d.Observe(s)
+	r.got = append(r.got, v.Findings...)
+	return v
+}
+
+func (r *recorder) ObserveConn(e wire.Event) { r.got = append(r.got, r.d.ObserveConn(e)...) }
+
+func (r *recorder) Tick(now time.Time) { r.got = append(r.got, r.d.Tick(now)...) }
 
 func (r *recorder) ofType(t FindingType) []Finding {
 	var out []Finding

@@ -103,7 +103,7 @@ func (g *group) toFinding() Finding {
 
 // observeTraceGroup counts s in its (trace id, fingerprint) group. The
 // caller holds d.mu.
-func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict, p *pending) {
+func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict) {
 	st := s.Stmt
 	key := groupKey{trace: s.Parent.TraceID, fp: s.Query.Fingerprint}
 	g := d.groups[key]
@@ -137,7 +137,7 @@ func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict
 		d.nPlusOneGroups++
 		f := g.toFinding()
 		g.finding = d.addFinding(&f)
-		p.add(&f)
+		v.found(&f)
 		v.NPlusOneDetected = true
 	} else if f := d.findings.get(g.finding); f != nil {
 		f.Count, f.TotalDurationMs, f.LastSeen = g.count, ms(g.total), g.last
@@ -146,7 +146,7 @@ func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict
 		}
 	} else if st.End.Sub(g.readded) >= readdInterval {
 		// The ring dropped the finding while the group kept going: put it
-		// back, without announcing it again. At most once per
+		// back, without reporting it again. At most once per
 		// readdInterval, so that more live groups than ring slots cannot
 		// make every execution build a finding.
 		g.readded = st.End
@@ -184,7 +184,7 @@ const maxRuns = 4
 
 // observeConnRun counts s in its connection's runs. inTx says whether s
 // started inside a transaction. The caller holds d.mu.
-func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration, control, inTx bool, v *Verdict, p *pending) {
+func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration, control, inTx bool, v *Verdict) {
 	if control {
 		return // neither a candidate nor a statement "in between"
 	}
@@ -237,7 +237,7 @@ func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration,
 		d.connNPlusOnes++
 		f := c.runFinding(r, d.cfg.NPlusOneWindow)
 		r.finding = d.addFinding(&f)
-		p.add(&f)
+		v.found(&f)
 		v.NPlusOneDetected = true
 	} else if f := d.findings.get(r.finding); f != nil {
 		f.Count, f.TotalDurationMs, f.LastSeen = r.count, ms(r.total), r.last

@@ -57,7 +57,7 @@ func TestIsTxControl(t *testing.T) {
 		"COMMIT PREPARED 'x'": true, "SET search_path = app": true, "RESET ALL": true, "SHOW timezone": true,
 		"DISCARD ALL": true, "DEALLOCATE ALL": true, "LISTEN ch": true, "UNLISTEN *": true,
 		"PREPARE q AS SELECT 1": true,
-		"SELECT 1": false, "SELECT * FROM users WHERE id = 1": false, "UPDATE t SET x = 1": false,
+		"SELECT 1":              false, "SELECT * FROM users WHERE id = 1": false, "UPDATE t SET x = 1": false,
 		"EXECUTE q": false, "CALL p()": false,
 	} {
 		if got := isTxControl(a.Analyze(text).Queries[0]); got != want {

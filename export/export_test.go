@@ -113,6 +113,9 @@ func stmt(q *fingerprint.Query, start time.Time, d time.Duration, parent fingerp
 	return &detector.Statement{Stmt: st, Conn: &conn, Query: q, Tags: &fingerprint.Tags{}, Parent: parent}
 }
 
+// slowVerdict is the detector's verdict on a slow statement.
+var slowVerdict = detector.Verdict{Slow: true, Findings: []detector.Finding{{Type: detector.FindingSlowQuery}}}
+
 func failed(s *detector.Statement, code, msg string) *detector.Statement {
 	s.Stmt.Outcome, s.Stmt.CommandTag, s.Stmt.Rows = wire.OutcomeError, "", 0
 	s.Stmt.SQLState, s.Stmt.ErrorMessage, s.Stmt.Severity = code, msg, "ERROR"

@@ -482,11 +482,10 @@ func (e *Exporter) recordLocked(ctx context.Context, s *detector.Statement, v de
 	if rows, ok := returnedRows(st); ok {
 		e.inst.returnedRows.Record(ctx, rows, ms.rec...)
 	}
-	if v.Slow {
-		e.inst.slowQueries.Add(ctx, 1, ms.add...)
-	}
-	if v.NPlusOneDetected {
-		e.inst.nPlusOne.Add(ctx, 1, ms.add...)
+	for i := range v.Findings {
+		// The statement's findings are counted with its attributes, and
+		// its span as exemplar.
+		e.inst.countFinding(ctx, v.Findings[i].Type, ms.add...)
 	}
 }
 

@@ -49,7 +49,7 @@ type detectProxy struct {
 }
 
 // startDetectProxy starts a relay in front of the test PostgreSQL with the
-// detector configured by dc (OnFinding is set here) and the pipeline's
+// detector configured by dc and the pipeline's
 // ticker every tick. Spans go to an in-memory recorder only: OTLP is off.
 func startDetectProxy(t *testing.T, dc detector.Config, tick time.Duration) *detectProxy {
 	t.Helper()
@@ -71,7 +71,6 @@ func startDetectProxy(t *testing.T, dc detector.Config, tick time.Duration) *det
 	if err != nil {
 		t.Fatal(err)
 	}
-	dc.OnFinding = pipeline.FindingHandler(log, exp)
 	p.det = detector.New(dc)
 	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: p.det, Exporter: exp, Logger: log, TickInterval: tick})
 	p.srv.Observer = pl

@@ -67,7 +67,7 @@ func startProxyWith(t *testing.T, slow time.Duration, configure func(*export.Con
 		t.Fatal(err)
 	}
 	p.exp = exp
-	det := detector.New(detector.Config{SlowThreshold: slow, OnFinding: pipeline.FindingHandler(log, exp)})
+	det := detector.New(detector.Config{SlowThreshold: slow})
 	p.det = det
 	pl := pipeline.New(pipeline.Config{Analyzer: p.analyzer, Detector: det, Exporter: exp, Logger: log})
 	p.srv.Observer = pl

@@ -75,7 +75,7 @@ func startProxy(t *testing.T) *proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.det = detector.New(detector.Config{SlowThreshold: time.Second, OnFinding: pipeline.FindingHandler(log, exp)})
+	p.det = detector.New(detector.Config{SlowThreshold: time.Second})
 	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: p.det, Exporter: exp, Logger: log})
 	p.srv.Observer = pl
 
