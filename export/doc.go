@@ -44,8 +44,10 @@
 // db.client.operation.duration, db.client.response.returned_rows,
 // db.client.connection.count (state idle|used),
 // db.client.connection.create_time, pgtrace.transaction.duration,
-// pgtrace.connections.opened, pgtrace.slow_queries, db.n_plus_one.detected,
-// pgtrace.idle_in_transaction, pgtrace.connection_churn,
+// pgtrace.connections.opened, the finding counters the detector's list of
+// finding types names (pgtrace.slow_queries, db.n_plus_one.detected,
+// pgtrace.idle_in_transaction, pgtrace.connection_churn; pgtrace.findings
+// by pgtrace.finding.type for a type without one),
 // pgtrace.events.dropped, pgtrace.spans.dropped,
 // pgtrace.fingerprint.cache.hits, pgtrace.fingerprint.cache.misses and
 // pgtrace.traceparent.invalid. Duration records carry the span's context,

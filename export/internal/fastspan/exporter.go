@@ -40,33 +40,16 @@ type Client interface {
 // exporter (otlptrace.Exporter, v1.47) sends, byte for byte, through the
 // same client, at a fraction of the CPU.
 //
-// The OTel exporter builds a tree of protobuf messages per span
-// (tracetransform: a Span, and a KeyValue, an AnyValue and its oneof
-// wrapper per attribute, about 60 allocations for a statement span) that
-// the client then encodes with proto.Marshal, field by field through the
-// protobuf runtime's tables; building the tree, encoding it and collecting
-// it afterwards took about 13 µs of CPU per statement span, in three
-// shares of the same order (in a profile of BenchmarkExportSpans over
-// HTTP: building 29 %, proto.Marshal 38 %, the garbage collector 11 %), so
-// reusing the tree would not have been enough. Exporter
-// writes each span's fields in the OTLP wire format itself (protowire),
-// into a buffer kept from one call to the next, and hands the client
-// resource, scope and span messages whose content is that encoding, held as
-// their unknown fields, which proto.Marshal copies out as they are. The
-// messages are generated OTLP types, kept and reused too, so the client
-// still sees one ResourceSpans per resource, one ScopeSpans per scope and
-// one Span per span (it counts them for its own telemetry), and no part of
-// the request is allocated per span.
-//
-// BenchmarkExportSpans compares the two on batches of 512 statement spans
-// sent to local receivers that do not decode them:
-//
-//	go test -run '^$' -bench ExportSpans -benchtime 200x -count 5 ./export/
-//
-// On two shared cores (2026-11-26), CPU per span went from 14–20 µs to
-// 2.4–4.7 µs over gRPC and from 12–22 µs to 4–5 µs over HTTP (where the
-// client still marshals into a new body and the local receiver's reads
-// count), and allocations from 60 to 0.2–0.4 per span (the clients').
+// It writes each span's fields in the OTLP wire format itself
+// (protowire), into a buffer kept from one call to the next, and hands the
+// client resource, scope and span messages whose content is that
+// encoding, held as their unknown fields, which proto.Marshal copies out
+// as they are: the OTel exporter's tree of messages per span, its
+// encoding and its garbage cost several times more (bench/RESULTS.md,
+// "The fast span path"). The messages are generated OTLP types, kept and
+// reused, so the client still sees one ResourceSpans per resource, one
+// ScopeSpans per scope and one Span per span (it counts them for its own
+// telemetry), and no part of the request is allocated per span.
 //
 // What it writes follows tracetransform field for field: resources
 // grouped by attribute set and, within each, scopes in the order they first
@@ -83,9 +66,9 @@ type Client interface {
 // exporter fails the whole batch (see oneofStr).
 //
 // ExportSpans reads the spans only while it runs and keeps none of them
-// (export's keepsNoSpans). Calls are serialized: the buffer and messages are reused,
-// which the client allows, being done with the request when UploadTraces
-// returns.
+// (export's keepsNoSpans). Calls are serialized: the buffer and messages
+// are reused, which the client allows, being done with the request when
+// UploadTraces returns.
 type Exporter struct {
 	client   Client
 	stopOnce sync.Once
