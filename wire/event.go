@@ -179,6 +179,12 @@ type Statement struct {
 
 	BytesIn  int64 // client→server bytes attributed to the statement
 	BytesOut int64 // server→client bytes attributed to the statement
+
+	// PoolWait is, in a pooled mode, how long the client waited for a
+	// server connection before the statement could run, from
+	// PoolWaitStart; 0 when one was at hand.
+	PoolWait      time.Duration
+	PoolWaitStart time.Time
 }
 
 // Duration is End - Start.

@@ -206,6 +206,12 @@ func (fc *frontendCopier) message(typ byte, body []byte, bodyLen int, whole bool
 func (fc *frontendCopier) newStmt(p Protocol, text string) *stmtEvent {
 	se := newStmtEvent(p, text, time.Now())
 	se.st.BytesIn = fc.pendingIn
+	if fc.s.poolWait != 0 { // pooled modes only; read without mu: set by the same goroutine
+		fc.s.mu.Lock()
+		se.st.PoolWait, se.st.PoolWaitStart = fc.s.poolWait, fc.s.poolWaitStart
+		fc.s.poolWait = 0
+		fc.s.mu.Unlock()
+	}
 	fc.pendingIn = 0
 	return se
 }

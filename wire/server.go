@@ -40,6 +40,10 @@ type Server struct {
 	// A client over the cap gets ErrorResponse 53300 after its startup packet.
 	// CancelRequests are forwarded even at the cap.
 	MaxClientConnections int
+	// Pooler, if set, serves every client session after its startup packet
+	// (session and transaction pool modes): see Pooler. Nil is the 1:1
+	// relay, one upstream connection per client.
+	Pooler Pooler
 	// Observer receives the events; nil means no events are made.
 	Observer Observer
 	// QueueSize is the capacity of the event queue in front of the Observer.

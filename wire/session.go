@@ -45,6 +45,11 @@ type session struct {
 	rel         *loopRelay      // set while an event loop relays the session
 	fe          *frontendCopier // its prepared statement names are under mu
 
+	// A pool wait noted before the statement it delays was sent
+	// (PooledSession.NotePoolWait), under mu.
+	poolWait      time.Duration
+	poolWaitStart time.Time
+
 	statements  atomic.Int64
 	copyIn      atomic.Int64 // CopyData/CopyDone/CopyFail bytes not yet attributed
 	terminating atomic.Bool  // the client sent Terminate
@@ -102,6 +107,12 @@ func (s *session) serve() {
 	}
 	if startup.code == codeCancelRequest {
 		s.closeAll()
+		if s.srv.Pooler != nil {
+			if err := s.srv.Pooler.Cancel(s.ctx, startup.raw[8:]); err != nil {
+				s.log.Warn("CancelRequest", "err", err)
+			}
+			return
+		}
 		if err := s.srv.forwardCancel(s.ctx, startup.raw); err != nil {
 			s.log.Warn("forward CancelRequest", "err", err)
 		}
@@ -123,6 +134,17 @@ func (s *session) serve() {
 	s.replication = startup.replication
 	s.mu.Unlock()
 	s.emit(&Event{Kind: ConnOpened})
+
+	if s.srv.Pooler != nil {
+		if s.replication {
+			s.writeClient(errorResponse("FATAL", "0A000", "pgtrace: replication connections are not pooled; connect them to PostgreSQL directly"))
+			s.closeAll()
+			s.emit(&Event{Kind: ConnClosed, Side: SideProxy, Err: errors.New("replication connection refused in a pooled mode")})
+			return
+		}
+		s.servePooled(startup)
+		return
+	}
 
 	s.dialStart = time.Now()
 	up, err := s.srv.dialUpstream(s.ctx)
@@ -434,6 +456,13 @@ func (srv *Server) dialTimeout() time.Duration {
 		return srv.DialTimeout
 	}
 	return defaultDialTimeout
+}
+
+// DialUpstream connects to the upstream as the relay does: its address,
+// TLS settings and dial timeout. A Pooler logs its server connections in
+// over it.
+func (srv *Server) DialUpstream(ctx context.Context) (net.Conn, error) {
+	return srv.dialUpstream(ctx)
 }
 
 // dialUpstream connects to the upstream and negotiates TLS per UpstreamTLS.

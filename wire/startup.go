@@ -34,6 +34,7 @@ type startupPacket struct {
 	user, database, application string
 	schema                      string // the first schema of a search_path set at startup
 	replication                 bool
+	params                      [][2]string // every parameter but user and database, in order
 }
 
 // readStartup reads one startup-phase packet from r. It reads exactly the
@@ -109,6 +110,11 @@ func decodeStartup(raw []byte) (*startupPacket, error) {
 			p.user = string(val)
 		case "database":
 			p.database = string(val)
+		}
+		if k := string(key); k != "user" && k != "database" {
+			p.params = append(p.params, [2]string{k, string(val)})
+		}
+		switch string(key) {
 		case "application_name":
 			p.application = string(val)
 		case "search_path":

@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/dotmac/pgtrace/pool"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -63,6 +64,21 @@ type config struct {
 	TenantTag                  string
 	KeepSlowSpans              bool
 
+	// Pooling (pooling.go).
+	PoolMode              string // none|session|transaction
+	PoolSize              int
+	PoolMinIdle           int
+	PoolMaxWait           time.Duration
+	ServerIdleTimeout     time.Duration
+	ServerLifetime        time.Duration
+	ServerResetQuery      string
+	MaxPreparedStatements int
+	AuthFile              string
+	AuthQuery             string
+	AuthUser              string
+	AuthType              string // scram-sha-256|md5
+	PoolWaitSpanThreshold time.Duration
+
 	// Export: what spans and metrics say.
 	ServiceNameFrom  string // application_name|sqlcommenter|none
 	MaxApplications  int
@@ -89,6 +105,7 @@ const (
 	catLogging   = "Logging"
 	catDetection = "Detection"
 	catExport    = "Export"
+	catPooling   = "Pooling"
 )
 
 // env is the environment variable of flag name: PGTRACE_ and the name in
@@ -212,6 +229,65 @@ func (c *config) flags() []cli.Flag {
 		},
 
 		&cli.StringFlag{
+			Name: "pool-mode", Value: "none", Destination: &c.PoolMode, EnvVars: env("pool-mode"), Category: catPooling,
+			Usage: "none: one upstream connection per client, authentication passed through (the default); " +
+				"session: clients log in to pgtrace (--auth-file, --auth-query) and each keeps one pooled server connection until it leaves; " +
+				"transaction: clients share --pool-size server connections per database and user, a client having one only inside a " +
+				"transaction or while a request is unanswered (PgBouncer's pool_mode)",
+		},
+		&cli.IntFlag{
+			Name: "pool-size", Value: 20, Destination: &c.PoolSize, EnvVars: env("pool-size"), Category: catPooling,
+			Usage: "server connections per pool (one pool per database and user); clients beyond it wait, see --pool-max-wait",
+		},
+		&cli.IntFlag{
+			Name: "pool-min-idle", Destination: &c.PoolMinIdle, EnvVars: env("pool-min-idle"), Category: catPooling,
+			Usage: "idle server connections each pool keeps open once used",
+		},
+		&cli.DurationFlag{
+			Name: "pool-max-wait", Value: 2 * time.Minute, Destination: &c.PoolMaxWait, EnvVars: env("pool-max-wait"), Category: catPooling,
+			Usage: "how long a client waits for a server connection before it gets SQLSTATE 53300 (PgBouncer's query_wait_timeout)",
+		},
+		&cli.DurationFlag{
+			Name: "server-idle-timeout", Value: 10 * time.Minute, Destination: &c.ServerIdleTimeout, EnvVars: env("server-idle-timeout"), Category: catPooling,
+			Usage: "a server connection idle in its pool this long is closed",
+		},
+		&cli.DurationFlag{
+			Name: "server-lifetime", Value: time.Hour, Destination: &c.ServerLifetime, EnvVars: env("server-lifetime"), Category: catPooling,
+			Usage: "a server connection this old is closed when its client is done with it",
+		},
+		&cli.StringFlag{
+			Name: "server-reset-query", Value: "DISCARD ALL", Destination: &c.ServerResetQuery, EnvVars: env("server-reset-query"), Category: catPooling,
+			Usage: "session mode: run on a server connection before the next client gets it; empty for none",
+		},
+		&cli.IntFlag{
+			Name: "max-prepared-statements", Value: 200, Destination: &c.MaxPreparedStatements, EnvVars: env("max-prepared-statements"), Category: catPooling,
+			Usage: "transaction mode: protocol-level prepared statements each server connection keeps for clients " +
+				"(renamed per server connection, as PgBouncer 1.21+ does); the least recently used are closed",
+		},
+		&cli.StringFlag{
+			Name: "auth-file", Destination: &c.AuthFile, EnvVars: env("auth-file"), Category: catPooling, TakesFile: true,
+			Usage: "PgBouncer's userlist.txt `file`: \"user\" \"secret\" per line, the secret a plain password, md5… or SCRAM-SHA-256$…; " +
+				"pooled modes authenticate clients with it and log in to the server with the same secret",
+		},
+		&cli.StringFlag{
+			Name: "auth-user", Destination: &c.AuthUser, EnvVars: env("auth-user"), Category: catPooling,
+			Usage: "user (in --auth-file) that runs --auth-query on the server for users not in --auth-file",
+		},
+		&cli.StringFlag{
+			Name: "auth-query", Value: pool.DefaultAuthQuery, Destination: &c.AuthQuery, EnvVars: env("auth-query"), Category: catPooling,
+			Usage: "query that returns a user's name and secret, $1 the user name (with --auth-user)",
+		},
+		&cli.StringFlag{
+			Name: "auth-type", Value: "scram-sha-256", Destination: &c.AuthType, EnvVars: env("auth-type"), Category: catPooling,
+			Usage: "how clients prove their password in pooled modes: scram-sha-256 (md5 only for md5 secrets) or md5 " +
+				"(SCRAM for SCRAM secrets), as PgBouncer's auth_type",
+		},
+		&cli.DurationFlag{
+			Name: "pool-wait-span-threshold", Value: time.Millisecond, Destination: &c.PoolWaitSpanThreshold, EnvVars: env("pool-wait-span-threshold"), Category: catPooling,
+			Usage: "a client that waited longer than this for a server connection gets a pgtrace.pool.wait span",
+		},
+
+		&cli.StringFlag{
 			Name: "service-name-from", Value: "application_name", Destination: &c.ServiceNameFrom, EnvVars: env("service-name-from"), Category: catExport,
 			Usage: "which client application statement and transaction spans are exported under (service.name), so that each application " +
 				"has its own service in the tracing backend: application_name (the session's, else the sqlcommenter application or " +
@@ -321,6 +397,7 @@ func (c *config) validate() error {
 	if c.FingerprintCacheSize <= 0 {
 		bad("--fingerprint-cache-size: must be positive, got %d", c.FingerprintCacheSize)
 	}
+	c.validatePooling(bad)
 	if !slices.Contains(serviceNameFroms, c.ServiceNameFrom) {
 		bad("--service-name-from: %q is not one of %s", c.ServiceNameFrom, strings.Join(serviceNameFroms, ", "))
 	}

@@ -1,0 +1,894 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dotmac/pgtrace/wire"
+)
+
+// One client session in a pooled mode.
+//
+// Two goroutines serve it. The client's (ServeSession's) reads the
+// client's messages, shows each to the tracker (wire's request queue and
+// statement events), gets a server connection when one is needed, and
+// writes to it. The server's (serverLoop) reads the server connection
+// while the session has one and writes to the client.
+//
+// When a server connection goes back to the pool — the rule, written once:
+// in transaction mode, at a ReadyForQuery with status I, when every
+// request the client sent has been answered (wire.PooledSession.Idle) and
+// the relay waits for no answer of its own. In session mode, when the
+// client is done, after the reset query. A connection a client left in a
+// transaction, or with a request unanswered, is closed, never lent.
+//
+// The relay asks the server things of its own (injections: a Parse of a
+// statement the connection lacks, a Close of one it must forget, a SET of
+// the client's parameters) and answers some of the client's requests itself
+// (synthetics: a ParseComplete for a statement the connection has, a
+// CloseComplete for the client's Close of one). Each is anchored to the
+// sequence number of the client request it comes right before (an
+// injection) or answers (a synthetic): the server's answers belong to an
+// injection while the tracker's oldest unanswered request is its anchor,
+// and a synthetic goes to the client once its anchor is the oldest.
+type relay struct {
+	p    *Pooler
+	ps   *wire.PooledSession
+	pl   *Pool
+	mode Mode
+	ctx  context.Context
+
+	client net.Conn
+	cr     *msgReader
+	cwMu   sync.Mutex // the client's writer, and the order the tracker sees
+	cw     *bufio.Writer
+	key    []byte // the BackendKeyData the client got
+
+	mu         sync.Mutex // guards the fields below
+	server     *serverConn
+	serverDone chan struct{} // closed when the current server's loop returns
+	stopping   bool          // the server's loop is being stopped, not lost
+	status     byte          // of the last ReadyForQuery the client got
+	injected   []injection
+	synthetic  []synthetic
+	stmts      clientStmts // transaction mode: the client's named statements
+	want       paramSet    // the client's run-time parameters
+	added      []string    // server-side names prepared since the last ReadyForQuery
+	failed     bool        // an ErrorResponse since the last ReadyForQuery
+	lost       error       // the server connection broke
+}
+
+type injKind uint8
+
+const (
+	injParse injKind = iota + 1
+	injClose
+	injQuery
+)
+
+// injection is a request of the relay's own on the server connection.
+type injection struct {
+	anchor uint64
+	kind   injKind
+	name   string // injParse: the server-side name it prepares
+}
+
+// synthetic is an answer the relay gives the client itself.
+type synthetic struct {
+	anchor uint64
+	msg    []byte // the whole message
+}
+
+// trackedParams are the run-time parameters a client sets that the relay
+// carries to every server connection it gets (PgBouncer's
+// track_extra_parameters and the ones it always tracks): the ones
+// PostgreSQL reports in ParameterStatus.
+var trackedParams = map[string]bool{
+	"application_name": true, "client_encoding": true, "DateStyle": true, "IntervalStyle": true,
+	"TimeZone": true, "standard_conforming_strings": true,
+}
+
+// clientWhole are the client's message types read whole: those the relay
+// rewrites or the tracker reads whole (a Bind streams: its names come first).
+var clientWhole = wholeTypes('Q', 'P', 'C', 'E', 'S', 'H', 'D', 'F')
+
+// ServeSession runs a client session: authentication, then the relay.
+func (p *Pooler) ServeSession(ctx context.Context, ps *wire.PooledSession) error {
+	client := ps.Client()
+	defer client.Close()
+	r := &relay{
+		p: p, ps: ps, mode: p.cfg.Mode, ctx: ctx, client: client,
+		cr: newMsgReader(client, clientWhole), cw: bufio.NewWriterSize(client, 32<<10),
+		status: 'I', want: paramSet{},
+	}
+	if err := r.login(); err != nil {
+		return err
+	}
+	defer p.forgetKey(r.key)
+	return r.run()
+}
+
+// login authenticates the client, finds its pool, and tells the client
+// what a server would: the parameters, its key, ReadyForQuery.
+func (r *relay) login() error {
+	ps, p := r.ps, r.p
+	user := ps.User()
+	secret, err := p.cfg.Secrets.Lookup(r.ctx, user)
+	if err != nil && !errors.Is(err, ErrNoSuchUser) {
+		r.fatal("08006", fmt.Sprintf("pgtrace: cannot look up user %q: %v", user, err))
+		return fmt.Errorf("look up user %q: %w", user, err)
+	}
+	if errors.Is(err, ErrNoSuchUser) {
+		// The same answer as a wrong password: PostgreSQL does not say
+		// which it was.
+		err = RejectClient(r.client, user, p.cfg.Auth)
+		r.authFailed(user)
+		return err
+	}
+	ca, err := AuthenticateClient(r.client, user, secret, p.cfg.Auth)
+	if err != nil {
+		if errors.Is(err, ErrAuthFailed) {
+			r.authFailed(user)
+		}
+		return err
+	}
+	r.ps.ServerMessage('R', []byte{0, 0, 0, 0}, 4, true) // AuthenticationOk, which AuthenticateClient sent
+
+	r.pl = p.pool(Key{Database: ps.Database(), User: user})
+	r.pl.setSecret(&secret, ca.ClientKey)
+	for _, kv := range ps.Params() {
+		switch {
+		case trackedParams[kv[0]]:
+			r.want[kv[0]] = kv[1]
+		case kv[0] == "options":
+			for _, o := range parseOptions(kv[1]) {
+				if trackedParams[o[0]] {
+					r.want[o[0]] = o[1]
+				}
+			}
+		}
+	}
+	if name, ok := r.want["application_name"]; ok {
+		ps.SetApplication(name)
+	}
+
+	// What the server would report: the pool's parameters, learnt at its
+	// first login, with the client's own.
+	params := r.pl.knownParams()
+	if params == nil {
+		sc, _, err := r.pl.acquire(r.ctx)
+		if err != nil {
+			r.fatalFromErr(err)
+			return err
+		}
+		r.pl.release(sc, true)
+		params = r.pl.knownParams()
+	}
+	for k, v := range r.want {
+		params[k] = v
+	}
+	r.key = p.newKey(r)
+	var out []byte
+	for _, k := range sortedKeys(params) {
+		out = appendMsg(out, 'S', []byte(k), []byte{0}, []byte(params[k]), []byte{0})
+	}
+	out = appendMsg(out, 'K', r.key)
+	out = appendMsg(out, 'Z', []byte{'I'})
+	return r.writeClientRaw(out, true)
+}
+
+// authFailed shows the tracker the 28P01 the client got, so that the
+// login counts as a failed one.
+func (r *relay) authFailed(user string) {
+	body := errorBody("FATAL", "28P01", fmt.Sprintf("password authentication failed for user %q", user))
+	r.cwMu.Lock()
+	r.ps.ServerMessage('E', body, len(body), true)
+	r.ps.Flushed()
+	r.cwMu.Unlock()
+}
+
+// run relays until the session ends.
+func (r *relay) run() error {
+	for {
+		m, err := r.cr.next()
+		if err != nil {
+			return r.end(fmt.Errorf("read from client: %w", err))
+		}
+		r.ps.ClientMessage(m.typ, m.body, m.size, m.whole)
+		if m.typ == 'X' {
+			return r.end(nil)
+		}
+		if err := r.handle(m); err != nil {
+			return r.end(err)
+		}
+	}
+}
+
+// handle acts on one client message.
+func (r *relay) handle(m message) error {
+	tx := r.mode == ModeTransaction
+	switch {
+	case m.typ == 'H' || m.typ == 'S':
+		r.mu.Lock()
+		held := r.server != nil
+		r.mu.Unlock()
+		if !held {
+			// Nothing is unanswered when no server connection is held: a
+			// Sync is answered as the server would, and a Flush has
+			// nothing to flush.
+			if m.typ == 'S' {
+				return r.answer([]byte{'Z', 0, 0, 0, 5, 'I'})
+			}
+			return nil
+		}
+	case tx && m.typ == 'P':
+		name, query, types, ok := decodeParse(m.body)
+		if ok && name != "" {
+			return r.parse(name, &stmtDef{query: query, paramTypes: types, server: r.p.reg.name(query, types)})
+		}
+	case tx && m.typ == 'B':
+		_, rest, ok := cstring(m.body)
+		if !ok {
+			break
+		}
+		if name, _, ok := cstring(rest); ok && len(name) > 0 {
+			return r.useStatement(m, string(name))
+		}
+	case tx && m.typ == 'D' && len(m.body) > 1 && m.body[0] == 'S':
+		if name, _, ok := cstring(m.body[1:]); ok && len(name) > 0 {
+			return r.useStatement(m, string(name))
+		}
+	case tx && m.typ == 'C' && len(m.body) > 1 && m.body[0] == 'S':
+		if name, _, ok := cstring(m.body[1:]); ok && len(name) > 0 {
+			// The statement stays on the server connections for other
+			// clients; the client's name is forgotten and its Close
+			// answered here.
+			r.stmts.remove(string(name))
+			return r.answer([]byte{'3', 0, 0, 0, 4})
+		}
+	}
+	sc, err := r.serverFor()
+	if err != nil {
+		return err
+	}
+	return r.forward(sc, m, nil)
+}
+
+// parse handles a client's Parse of a named statement (transaction mode).
+func (r *relay) parse(name string, def *stmtDef) error {
+	r.stmts.put(name, def)
+	sc, err := r.serverFor()
+	if err != nil {
+		return err
+	}
+	seq := r.ps.Pushed() - 1
+	r.mu.Lock()
+	if sc.prepared.has(def.server) {
+		r.synthetic = append(r.synthetic, synthetic{anchor: seq, msg: []byte{'1', 0, 0, 0, 4}})
+		r.mu.Unlock()
+		r.emitSynthetics()
+		return nil
+	}
+	out := r.prepareLocked(sc, def, seq, false)
+	r.mu.Unlock()
+	body := def.parseBody(def.server)
+	out = appendMsg(out, 'P', body)
+	return r.writeServer(sc, out)
+}
+
+// prepareLocked records that def is being prepared on sc and returns the
+// Close of the statement sc must forget to stay within its bound, if any.
+// inject says the Parse is the relay's own, anchored at seq. r.mu is held.
+func (r *relay) prepareLocked(sc *serverConn, def *stmtDef, seq uint64, inject bool) []byte {
+	var out []byte
+	if evict := sc.prepared.add(def.server); evict != "" {
+		r.injected = append(r.injected, injection{anchor: seq, kind: injClose, name: evict})
+		out = appendMsg(out, 'C', targetBody('S', evict))
+	}
+	r.added = append(r.added, def.server)
+	if inject {
+		r.injected = append(r.injected, injection{anchor: seq, kind: injParse, name: def.server})
+		out = appendMsg(out, 'P', def.parseBody(def.server))
+	}
+	return out
+}
+
+// useStatement forwards a Bind or a Describe of the client's statement
+// name, under its server-side name, prepared first on a connection that
+// lacks it.
+func (r *relay) useStatement(m message, name string) error {
+	def := r.stmts.get(name)
+	if def == nil {
+		// Not one the client prepared (or forgot): the server answers
+		// 26000, as it would.
+		sc, err := r.serverFor()
+		if err != nil {
+			return err
+		}
+		return r.forward(sc, m, nil)
+	}
+	sc, err := r.serverFor()
+	if err != nil {
+		return err
+	}
+	seq := r.ps.Pushed() - 1
+	var out []byte
+	r.mu.Lock()
+	if !sc.prepared.has(def.server) {
+		out = r.prepareLocked(sc, def, seq, true)
+	}
+	r.mu.Unlock()
+	var body []byte
+	if m.typ == 'B' {
+		b, ok := rewriteBindName(m.body, def.server)
+		if !ok {
+			return r.forward(sc, m, out)
+		}
+		body = b
+	} else {
+		body = targetBody('S', def.server)
+	}
+	out = append(out, header(m.typ, len(body)+m.rest())...)
+	out = append(out, body...)
+	if err := r.writeServer(sc, out); err != nil {
+		return err
+	}
+	if m.rest() > 0 {
+		if err := r.cr.copyRest(sc.w, m); err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+	}
+	return r.flushServer(sc)
+}
+
+// forward writes the client's message as it came, after pre (the relay's
+// own requests), and streams the rest of a large one.
+func (r *relay) forward(sc *serverConn, m message, pre []byte) error {
+	out := append(pre, header(m.typ, m.size)...)
+	out = append(out, m.body...)
+	if err := r.writeServer(sc, out); err != nil {
+		return err
+	}
+	if m.rest() > 0 {
+		if err := r.cr.copyRest(sc.w, m); err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+	}
+	return r.flushServer(sc)
+}
+
+// writeServer writes to the session's server connection.
+func (r *relay) writeServer(sc *serverConn, b []byte) error {
+	if _, err := sc.w.Write(b); err != nil {
+		return r.serverBroke(sc, fmt.Errorf("write to server: %w", err))
+	}
+	return nil
+}
+
+// flushServer flushes what was written to the server, unless more client
+// messages are already read: a pipeline goes out in one write.
+func (r *relay) flushServer(sc *serverConn) error {
+	if r.cr.buffered() {
+		return nil
+	}
+	if err := sc.w.Flush(); err != nil {
+		return r.serverBroke(sc, fmt.Errorf("write to server: %w", err))
+	}
+	return nil
+}
+
+// serverFor returns the session's server connection, getting one from the
+// pool when it has none.
+func (r *relay) serverFor() (*serverConn, error) {
+	r.mu.Lock()
+	sc, lost := r.server, r.lost
+	r.mu.Unlock()
+	if lost != nil {
+		return nil, lost
+	}
+	if sc != nil {
+		return sc, nil
+	}
+	// The client's requests so far are all answered; the one being
+	// handled, if it is one, is the next.
+	if err := r.cw.Flush(); err != nil {
+		return nil, fmt.Errorf("write to client: %w", err)
+	}
+	start := time.Now()
+	sc, waited, err := r.pl.acquire(r.ctx)
+	if err != nil {
+		r.fatalFromErr(err)
+		return nil, err
+	}
+	if waited > 0 {
+		r.ps.NotePoolWait(start, waited)
+	}
+	sc.holder.Store(&holder{connID: r.ps.ConnID(), addr: r.client.RemoteAddr().String()})
+	anchor := r.ps.NextAnswer()
+	r.mu.Lock()
+	r.server = sc
+	r.serverDone = make(chan struct{})
+	r.stopping = false
+	var out []byte
+	if q := setQuery(r.want, sc.params); q != "" {
+		r.injected = append(r.injected, injection{anchor: anchor, kind: injQuery})
+		out = appendMsg(out, 'Q', []byte(q), []byte{0})
+		for k, v := range r.want {
+			sc.params[k] = v
+		}
+	}
+	done := r.serverDone
+	r.mu.Unlock()
+	go r.serverLoop(sc, done)
+	if len(out) > 0 {
+		if err := r.writeServer(sc, out); err != nil {
+			return nil, err
+		}
+	}
+	return sc, nil
+}
+
+// serverLoop reads the server connection sc and writes what the client
+// must see, until the connection goes back to the pool or breaks.
+func (r *relay) serverLoop(sc *serverConn, done chan struct{}) {
+	defer close(done)
+	for {
+		m, err := sc.mr.next()
+		if err != nil {
+			r.mu.Lock()
+			stopping := r.stopping
+			r.mu.Unlock()
+			if !stopping {
+				r.serverBroke(sc, fmt.Errorf("read from server: %w", err))
+			}
+			return
+		}
+		r.mu.Lock()
+		forward := r.classifyLocked(sc, m)
+		r.mu.Unlock()
+		if !forward {
+			if err := sc.mr.discardRest(m); err != nil {
+				r.serverBroke(sc, fmt.Errorf("read from server: %w", err))
+				return
+			}
+			continue
+		}
+		r.emitSynthetics() // the relay's own answers before this one, if their turn came
+		if err := r.toClient(sc, m); err != nil {
+			r.clientBroke(sc, err)
+			return
+		}
+		if m.typ == 'Z' && len(m.body) == 1 && r.ready(sc, m.body[0]) {
+			return // back in the pool
+		}
+		r.emitSynthetics()
+	}
+}
+
+// classifyLocked decides whether a server message goes to the client, and
+// keeps the relay's books: answers to its own requests, the parameters,
+// the statements prepared. r.mu is held.
+func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
+	if m.typ == 'S' && m.whole {
+		if k, rest, ok := cstring(m.body); ok {
+			if v, _, ok := cstring(rest); ok {
+				sc.params[string(k)] = string(v)
+			}
+		}
+	}
+	if len(r.injected) > 0 && r.injected[0].anchor == r.ps.NextAnswer() {
+		inj := r.injected[0]
+		switch {
+		case m.typ == 'E' && inj.kind != injQuery:
+			// The relay's own Parse or Close failed: the server skips the
+			// client's requests up to its Sync, and the client sees why.
+			r.injected = r.injected[1:]
+			r.failed = true
+			if inj.kind == injParse {
+				sc.prepared.remove(inj.name)
+			}
+			return true
+		case inj.kind == injParse && m.typ == '1', inj.kind == injClose && m.typ == '3',
+			inj.kind == injQuery && m.typ == 'Z':
+			r.injected = r.injected[1:]
+		}
+		return false
+	}
+	switch m.typ {
+	case 'E':
+		r.failed = true
+	case 'S':
+		if m.whole {
+			if k, rest, ok := cstring(m.body); ok && trackedParams[string(k)] {
+				// The client changed it (SET): its next server connection
+				// gets it too.
+				if v, _, ok := cstring(rest); ok {
+					r.want[string(k)] = string(v)
+				}
+			}
+		}
+	}
+	return true
+}
+
+// toClient writes a server message to the client, the tracker seeing it
+// first; the rest of a large one streams from sc.
+func (r *relay) toClient(sc *serverConn, m message) error {
+	r.cwMu.Lock()
+	defer r.cwMu.Unlock()
+	if err := r.ps.ServerMessage(m.typ, m.body, m.size, m.whole); err != nil {
+		return err
+	}
+	r.cw.Write(header(m.typ, m.size))
+	r.cw.Write(m.body)
+	if m.rest() > 0 {
+		if err := sc.mr.copyRest(r.cw, m); err != nil {
+			return fmt.Errorf("relay to client: %w", err)
+		}
+	}
+	if !sc.mr.buffered() {
+		if err := r.cw.Flush(); err != nil {
+			return fmt.Errorf("write to client: %w", err)
+		}
+		r.ps.Flushed()
+	}
+	return nil
+}
+
+// ready handles a ReadyForQuery the client got: in transaction mode the
+// server connection goes back to the pool when the session is idle. It
+// reports whether it went.
+func (r *relay) ready(sc *serverConn, status byte) bool {
+	r.mu.Lock()
+	r.status = status
+	if r.failed {
+		// Statements prepared in the batch may not have been.
+		for _, n := range r.added {
+			sc.prepared.remove(n)
+		}
+	}
+	r.added, r.failed = r.added[:0], false
+	// Requests the server skipped after an error get no answer: neither
+	// do the relay's own among them.
+	next := r.ps.NextAnswer()
+	for len(r.injected) > 0 && r.injected[0].anchor < next {
+		r.injected = r.injected[1:]
+	}
+	for len(r.synthetic) > 0 && r.synthetic[0].anchor < next {
+		r.synthetic = r.synthetic[1:]
+	}
+	release := r.mode == ModeTransaction && status == 'I' && r.ps.Idle() &&
+		len(r.injected) == 0 && len(r.synthetic) == 0 && r.server == sc
+	if release {
+		r.server = nil
+	}
+	r.mu.Unlock()
+	if release {
+		// The client's write error, if any, ends the session in its own
+		// goroutine; the server connection is fine either way.
+		r.cwMu.Lock()
+		r.cw.Flush()
+		r.ps.Flushed()
+		r.cwMu.Unlock()
+		r.pl.release(sc, true)
+	}
+	return release
+}
+
+// answer gives the client the answer to the request it just sent: at once
+// when nothing is unanswered, else in turn, after the server's answers to
+// the requests before it.
+func (r *relay) answer(msg []byte) error {
+	seq := r.ps.Pushed() - 1
+	r.mu.Lock()
+	if r.server == nil {
+		r.mu.Unlock()
+		return r.writeClientRaw(msg, !r.cr.buffered())
+	}
+	r.synthetic = append(r.synthetic, synthetic{anchor: seq, msg: msg})
+	r.mu.Unlock()
+	r.emitSynthetics()
+	return nil
+}
+
+// emitSynthetics writes the relay's own answers whose turn has come.
+func (r *relay) emitSynthetics() {
+	for {
+		r.mu.Lock()
+		if len(r.synthetic) == 0 || r.synthetic[0].anchor != r.ps.NextAnswer() {
+			r.mu.Unlock()
+			return
+		}
+		s := r.synthetic[0]
+		r.synthetic = r.synthetic[1:]
+		r.mu.Unlock()
+		if err := r.writeClientRaw(s.msg, true); err != nil {
+			return
+		}
+	}
+}
+
+// writeClientRaw writes whole messages of the relay's own to the client,
+// each shown to the tracker first.
+func (r *relay) writeClientRaw(b []byte, flush bool) error {
+	r.cwMu.Lock()
+	defer r.cwMu.Unlock()
+	for p := b; len(p) >= 5; {
+		n := int(binary.BigEndian.Uint32(p[1:5]))
+		body := p[5 : 1+n]
+		if err := r.ps.ServerMessage(p[0], body, len(body), true); err != nil {
+			return err
+		}
+		p = p[1+n:]
+	}
+	if _, err := r.cw.Write(b); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	if flush {
+		if err := r.cw.Flush(); err != nil {
+			return fmt.Errorf("write to client: %w", err)
+		}
+		r.ps.Flushed()
+	}
+	return nil
+}
+
+// serverBroke ends the session on a broken server connection: the client
+// gets 08006 (after what it has already been sent), and the connection is
+// closed.
+func (r *relay) serverBroke(sc *serverConn, err error) error {
+	r.mu.Lock()
+	if r.lost != nil || r.server != sc {
+		r.mu.Unlock()
+		return err
+	}
+	r.lost = err
+	r.server = nil
+	r.mu.Unlock()
+	r.pl.release(sc, false)
+	r.ps.End(wire.SideUpstream, err)
+	r.fatal("08006", "pgtrace: lost the server connection: "+err.Error())
+	r.client.Close() // the client's goroutine stops reading
+	return err
+}
+
+// clientBroke ends the session when the client cannot be written to: the
+// server connection, in the middle of an answer, is closed.
+func (r *relay) clientBroke(sc *serverConn, err error) {
+	r.mu.Lock()
+	if r.server == sc {
+		r.server = nil
+	}
+	r.mu.Unlock()
+	r.pl.release(sc, false)
+	r.client.Close()
+}
+
+// end ends the session: the server connection goes back to the pool when
+// the client left it idle outside a transaction (after the reset query in
+// session mode), else it is closed.
+func (r *relay) end(cause error) error {
+	r.mu.Lock()
+	sc, done := r.server, r.serverDone
+	clean := sc != nil && r.status == 'I' && r.ps.Idle() && len(r.injected) == 0 && len(r.synthetic) == 0
+	if sc != nil {
+		r.stopping = true
+		r.server = nil
+	}
+	lost := r.lost
+	r.mu.Unlock()
+	r.cwMu.Lock()
+	r.cw.Flush()
+	r.ps.Flushed()
+	r.cwMu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	if sc == nil {
+		return cause
+	}
+	// Stop the server's loop: a read deadline in the past interrupts it.
+	sc.conn.SetReadDeadline(time.Unix(1, 0))
+	<-done
+	sc.conn.SetReadDeadline(time.Time{})
+	if !clean || sc.mr.buffered() {
+		r.pl.release(sc, false)
+		return cause
+	}
+	if r.mode == ModeSession && r.p.cfg.ResetQuery != "" {
+		if err := resetServer(sc, r.p.cfg.ResetQuery); err != nil {
+			r.p.log.Debug("reset query failed; closing the server connection", "pool", r.pl.key.Name(), "err", err)
+			r.pl.release(sc, false)
+			return cause
+		}
+	}
+	r.pl.release(sc, true)
+	return cause
+}
+
+// resetServer runs the reset query on a server connection no client uses,
+// reading up to its ReadyForQuery.
+func resetServer(sc *serverConn, query string) error {
+	sc.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer sc.conn.SetDeadline(time.Time{})
+	if _, err := sc.w.Write(appendMsg(nil, 'Q', []byte(query), []byte{0})); err != nil {
+		return err
+	}
+	if err := sc.w.Flush(); err != nil {
+		return err
+	}
+	var failed error
+	for {
+		m, err := sc.mr.next()
+		if err != nil {
+			return err
+		}
+		if err := sc.mr.discardRest(m); err != nil {
+			return err
+		}
+		switch m.typ {
+		case 'E':
+			failed = errors.New("reset query failed")
+		case 'S':
+			if k, rest, ok := cstring(m.body); ok {
+				if v, _, ok := cstring(rest); ok {
+					sc.params[string(k)] = string(v)
+				}
+			}
+		case 'Z':
+			if failed == nil && strings.EqualFold(strings.TrimSpace(query), "DISCARD ALL") {
+				sc.prepared.clear()
+			}
+			if len(m.body) == 1 && m.body[0] != 'I' {
+				return errors.New("reset query left a transaction open")
+			}
+			return failed
+		}
+	}
+}
+
+// fatal writes a FATAL ErrorResponse of the relay's own to the client.
+func (r *relay) fatal(code, msg string) {
+	body := errorBody("FATAL", code, msg)
+	r.writeClientRaw(appendMsg(nil, 'E', body), true)
+}
+
+// fatalFromErr tells the client why it got no server connection.
+func (r *relay) fatalFromErr(err error) {
+	var se interface{ SQLState() string }
+	switch {
+	case errors.Is(err, errPoolTimeout):
+		st := r.pl.stats()
+		r.fatal("53300", fmt.Sprintf("pgtrace: no server connection for pool %s within %s (all %d in use); "+
+			"raise --pool-size or --pool-max-wait, or shorten the transactions that hold them", st.Name, r.p.cfg.MaxWait, st.Size))
+	case errors.Is(err, errPoolClosed), errors.Is(err, context.Canceled):
+		r.fatal("57P01", "pgtrace: the proxy is shutting down")
+	case errors.As(err, &se):
+		r.fatal(se.SQLState(), "pgtrace: cannot log in to the server: "+err.Error())
+	default:
+		r.fatal("08001", "pgtrace: cannot connect to the server: "+err.Error())
+	}
+}
+
+// errorBody is the body of an ErrorResponse.
+func errorBody(severity, code, msg string) []byte {
+	var b []byte
+	for _, f := range []struct {
+		t byte
+		v string
+	}{{'S', severity}, {'V', severity}, {'C', code}, {'M', msg}} {
+		b = append(b, f.t)
+		b = append(b, f.v...)
+		b = append(b, 0)
+	}
+	return append(b, 0)
+}
+
+// setQuery is the SET that gives a server connection with params the
+// client's wanted values; "" when it has them all.
+func setQuery(want, have paramSet) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(want) {
+		if have[k] == want[k] {
+			continue
+		}
+		fmt.Fprintf(&b, "SET %s TO %s;", quoteIdent(k), quoteLiteral(want[k]))
+	}
+	return b.String()
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func quoteLiteral(s string) string {
+	if strings.ContainsRune(s, '\\') {
+		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+	}
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// parseOptions reads "-c name=value" pairs from a StartupMessage's
+// options parameter (backslash escapes a space).
+func parseOptions(opts string) [][2]string {
+	var args []string
+	var cur []byte
+	esc := false
+	for i := 0; i < len(opts); i++ {
+		c := opts[i]
+		switch {
+		case esc:
+			cur, esc = append(cur, c), false
+		case c == '\\':
+			esc = true
+		case c == ' ' || c == '\t':
+			if len(cur) > 0 {
+				args, cur = append(args, string(cur)), nil
+			}
+		default:
+			cur = append(cur, c)
+		}
+	}
+	if len(cur) > 0 {
+		args = append(args, string(cur))
+	}
+	var out [][2]string
+	for i, a := range args {
+		var kv string
+		switch {
+		case a == "-c" && i+1 < len(args):
+			kv = args[i+1]
+		case strings.HasPrefix(a, "-c") && len(a) > 2:
+			kv = a[2:]
+		case strings.HasPrefix(a, "--"):
+			kv = a[2:]
+		default:
+			continue
+		}
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			out = append(out, [2]string{canonicalParam(strings.ReplaceAll(k, "-", "_")), v})
+		}
+	}
+	return out
+}
+
+// canonicalParam spells a tracked parameter as PostgreSQL reports it.
+func canonicalParam(k string) string {
+	for t := range trackedParams {
+		if strings.EqualFold(t, k) {
+			return t
+		}
+	}
+	return k
+}
+
+// sortedKeys orders m's names: a stable SET, a stable startup.
+func sortedKeys(m paramSet) []string { return slices.Sorted(maps.Keys(m)) }
+
+// setSecret records how the pool's server connections log in.
+func (pl *Pool) setSecret(s *Secret, clientKey []byte) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.secret = s
+	if clientKey != nil {
+		pl.clientKey = clientKey
+	}
+}
+
+// knownParams are the ParameterStatus values of the pool's first login,
+// a copy; nil before it.
+func (pl *Pool) knownParams() paramSet {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.params == nil {
+		return nil
+	}
+	return pl.params.clone()
+}
