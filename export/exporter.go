@@ -46,7 +46,8 @@ type Exporter struct {
 	tracer trace.Tracer
 	tp     *sdktrace.TracerProvider // nil when no span goes anywhere
 	// spans builds statement spans on the fast path (SpanPathFast); nil
-	// on the SDK path, where they go through the tracers.
+	// on the SDK path, where they go through the tracers, and when no
+	// span goes anywhere.
 	spans *fastspan.Sink
 	// spansOn says statement spans go somewhere: a span exporter or
 	// processor is configured, and Shutdown has not begun. Under mu.
