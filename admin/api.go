@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dotmac/pgtrace/detector"
@@ -32,7 +33,8 @@ type Mux interface {
 // RegisterAPI adds the query API and the page to mux:
 //
 //	GET  /api/queries      per-fingerprint statistics (?sort=total|mean|p99|calls&limit=N&empty=true)
-//	GET  /api/findings     findings (?type=slow_query|n_plus_one|idle_in_transaction|connection_churn&since=RFC3339|duration)
+//	GET  /api/findings     findings (?type=<a finding type>&since=RFC3339|duration)
+//	GET  /api/finding-types the finding types and their titles (detector.FindingTypes)
 //	GET  /api/connections  live client connections, from conns
 //	GET  /api/stats        the detector's counters
 //	POST /api/reset        clears the detector's statistics and findings
@@ -44,6 +46,7 @@ func RegisterAPI(mux Mux, d *detector.Detector, conns func() []wire.ConnState) {
 	a := &api{d: d, conns: conns, now: time.Now}
 	mux.Handle("/api/queries", a.get(a.queries))
 	mux.Handle("/api/findings", a.get(a.findings))
+	mux.Handle("/api/finding-types", a.get(a.findingTypes))
 	mux.Handle("/api/connections", a.get(a.connections))
 	mux.Handle("/api/stats", a.get(a.stats))
 	mux.Handle("/api/reset", http.HandlerFunc(a.reset))
@@ -146,10 +149,12 @@ func isEmptyStatement(q detector.QueryStats) bool {
 func (a *api) findings(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	typ := detector.FindingType(q.Get("type"))
-	switch typ {
-	case "", detector.FindingSlowQuery, detector.FindingNPlusOne, detector.FindingIdleInTransaction, detector.FindingConnectionChurn:
-	default:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("type %q: want slow_query, n_plus_one, idle_in_transaction or connection_churn", typ))
+	if _, ok := detector.LookupFindingType(typ); typ != "" && !ok {
+		var names []string
+		for _, fi := range detector.FindingTypes() {
+			names = append(names, string(fi.Type))
+		}
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("type %q: want one of %s", typ, strings.Join(names, ", ")))
 		return
 	}
 	since, err := parseSince(q.Get("since"), a.now())
@@ -160,6 +165,15 @@ func (a *api) findings(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct {
 		Findings []detector.Finding `json:"findings"`
 	}{a.d.Findings(typ, since)})
+}
+
+// findingTypes lists the finding types with their titles, in the
+// detector's order: what ?type= of /api/findings takes, and the page's
+// filter.
+func (a *api) findingTypes(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, struct {
+		FindingTypes []detector.FindingInfo `json:"finding_types"`
+	}{detector.FindingTypes()})
 }
 
 // parseSince reads ?since=: an RFC 3339 time, or a duration (5m, 1h30m)

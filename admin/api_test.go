@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -206,6 +207,25 @@ func TestFindingsAPI(t *testing.T) {
 			}
 		})
 	}
+	// Every listed type is accepted, with its title on /api/finding-types;
+	// the error for another names them.
+	_, _, ft := call(t, "GET", srv.URL+"/api/finding-types")
+	types := list(t, ft, "finding_types")
+	if len(types) != len(detector.FindingTypes()) {
+		t.Fatalf("/api/finding-types lists %d types, want %d", len(types), len(detector.FindingTypes()))
+	}
+	for i, fi := range detector.FindingTypes() {
+		if types[i]["type"] != string(fi.Type) || types[i]["title"] != fi.Title || len(types[i]) != 2 {
+			t.Errorf("type %d = %v, want %s titled %q", i, types[i], fi.Type, fi.Title)
+		}
+		if status, _, _ := call(t, "GET", srv.URL+"/api/findings?type="+string(fi.Type)); status != 200 {
+			t.Errorf("?type=%s: status %d", fi.Type, status)
+		}
+	}
+	if _, _, m := call(t, "GET", srv.URL+"/api/findings?type=bogus"); !strings.Contains(fmt.Sprint(m["error"]), "idle_in_transaction, connection_churn") {
+		t.Errorf("error %v does not name the types", m["error"])
+	}
+
 	// The N+1 finding: exactly the contract's keys, count 30, the trace id.
 	_, _, m := call(t, "GET", srv.URL+"/api/findings?type=n_plus_one")
 	f := list(t, m, "findings")[0]

@@ -105,6 +105,7 @@ func TestPageScreenshot(t *testing.T) {
 		"N+1", "slow query", "3031323334353637…", // finding rows
 		"nightly-export", "idle in transaction", "10.1.2.4:40000", // connection rows
 		"700.0 ms", "450.0 ms", // numbers with units
+		`<option value="connection_churn">connection churn</option>`, // the type filter, from api/finding-types
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered DOM lacks %q", want)

@@ -216,6 +216,9 @@ func scan(root string) (codeFacts, error) {
 					if strings.HasSuffix(imp, "/cmd/pgtrace") {
 						cf.inspectCLI(p, n)
 					}
+					if strings.HasSuffix(imp, "/detector") {
+						cf.inspectFindingCounter(fset, p, n)
+					}
 				}
 				return true
 			})
@@ -324,6 +327,9 @@ func (cf *codeFacts) inspectCall(fset *token.FileSet, p *goPackage, pkgs map[str
 		if !ok || len(call.Args) == 0 {
 			return
 		}
+		if isFindingCounterName(call.Args[0]) {
+			return // export makes the finding counters from detector's list: found there
+		}
 		pos := fset.Position(call.Pos())
 		where := filepath.ToSlash(strings.TrimPrefix(pos.Filename, repoRoot+string(filepath.Separator))) + ":" + strconv.Itoa(pos.Line)
 		name, ok := p.stringValue(call.Args[0], pkgs, imports)
@@ -346,6 +352,47 @@ func (cf *codeFacts) inspectCall(fset *token.FileSet, p *goPackage, pkgs map[str
 		}
 		cf.Instruments = append(cf.Instruments, in)
 	}
+}
+
+// inspectFindingCounter records the counter of a finding type: a
+// detector.Counter literal in detector's list of finding types
+// (detector.FindingTypes), from which export makes its counters.
+func (cf *codeFacts) inspectFindingCounter(fset *token.FileSet, p *goPackage, lit *ast.CompositeLit) {
+	if id, ok := lit.Type.(*ast.Ident); !ok || id.Name != "Counter" {
+		return
+	}
+	var name, unit string
+	var ok bool
+	for i, e := range lit.Elts {
+		field := []string{"Name", "Unit", "Description"}[min(i, 2)]
+		if kv, isKV := e.(*ast.KeyValueExpr); isKV {
+			field, e = kv.Key.(*ast.Ident).Name, kv.Value
+		}
+		switch field {
+		case "Name":
+			name, ok = p.stringValue(e, nil, nil)
+		case "Unit":
+			unit, _ = p.stringValue(e, nil, nil)
+		}
+	}
+	pos := fset.Position(lit.Pos())
+	where := filepath.ToSlash(strings.TrimPrefix(pos.Filename, repoRoot+string(filepath.Separator))) + ":" + strconv.Itoa(pos.Line)
+	if !ok {
+		cf.Unresolved = append(cf.Unresolved, where)
+		return
+	}
+	cf.Instruments = append(cf.Instruments, instrument{Name: name, Kind: kindCounter, Unit: unit, Pos: where})
+}
+
+// isFindingCounterName reports whether e is x.Counter.Name: the name of a
+// finding type's counter, made from detector's list.
+func isFindingCounterName(e ast.Expr) bool {
+	sel, ok := e.(*ast.SelectorExpr)
+	if !ok || sel.Sel.Name != "Name" {
+		return false
+	}
+	inner, ok := sel.X.(*ast.SelectorExpr)
+	return ok && inner.Sel.Name == "Counter"
 }
 
 // inspectCLI records flag and command names of urfave/cli composite

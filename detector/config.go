@@ -57,11 +57,6 @@ type Config struct {
 	// Default 1000.
 	MaxApplications int
 
-	// OnFinding, if not nil, is called when a finding is created or, for
-	// n_plus_one and connection_churn, first detected. It runs synchronously
-	// on the caller of Observe, ObserveConn or Tick, after the detector's
-	// lock is released: keep it cheap. It may call the Detector.
-	OnFinding func(Finding)
 	// Now is the clock, for tests. Default time.Now.
 	Now func() time.Time
 }

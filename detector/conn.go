@@ -162,8 +162,8 @@ func (c *connState) idleDetail(idle time.Duration) string {
 
 // checkIdle reports connections idle in a transaction past the threshold,
 // once per episode, and keeps reported episodes' durations current. It
-// appends the new findings to announce. The caller holds d.mu.
-func (d *Detector) checkIdle(now time.Time, announce []Finding) []Finding {
+// appends the new findings to found. The caller holds d.mu.
+func (d *Detector) checkIdle(now time.Time, found []Finding) []Finding {
 	for _, c := range d.conns {
 		if !c.inTx() || c.lastEnd.IsZero() {
 			continue
@@ -192,9 +192,9 @@ func (d *Detector) checkIdle(now time.Time, announce []Finding) []Finding {
 		c.idleReported = true
 		c.idleFinding = d.addFinding(&f)
 		d.idleEpisodes++
-		announce = append(announce, f)
+		found = append(found, f)
 	}
-	return announce
+	return found
 }
 
 // expireConns forgets connections with no event for connStateTTL.
@@ -218,13 +218,15 @@ type churnState struct {
 }
 
 // ObserveConn records a connection event: ConnOpened, ConnAuthenticated,
-// ConnAuthFailed, ConnClosed and TxStatus. Other kinds are ignored.
-func (d *Detector) ObserveConn(e wire.Event) {
+// ConnAuthFailed, ConnClosed and TxStatus. Other kinds are ignored. It
+// returns the findings it made: connection churn, detected on a
+// ConnClosed.
+func (d *Detector) ObserveConn(e wire.Event) []Finding {
 	now := e.Time
 	if now.IsZero() {
 		now = d.cfg.Now()
 	}
-	var announce *Finding
+	var found *Finding
 	d.mu.Lock()
 	switch e.Kind {
 	case wire.ConnOpened, wire.ConnAuthenticated:
@@ -249,13 +251,14 @@ func (d *Detector) ObserveConn(e wire.Event) {
 			d.dropConn(c, now)
 		}
 		if !failed && e.Statements <= int64(d.cfg.ChurnMaxStatements) {
-			announce = d.observeChurn(&e, now)
+			found = d.observeChurn(&e, now)
 		}
 	}
 	d.mu.Unlock()
-	if announce != nil && d.cfg.OnFinding != nil {
-		d.cfg.OnFinding(*announce)
+	if found == nil {
+		return nil
 	}
+	return []Finding{*found}
 }
 
 // observeChurn counts a short-lived connection for its application and

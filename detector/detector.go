@@ -92,23 +92,18 @@ func New(cfg Config) *Detector {
 // Config returns the configuration in use, defaults filled in.
 func (d *Detector) Config() Config { return d.cfg }
 
-// pending holds the findings an Observe call announces through OnFinding
-// once the lock is released. A statement makes at most a slow and an N+1
-// finding.
-type pending struct {
-	f [2]Finding
-	n int
-}
-
-func (p *pending) add(f *Finding) {
-	if p.n < len(p.f) {
-		p.f[p.n] = *f
-		p.n++
+// found adds f to the statement's findings, allocating their slice on the
+// first: a statement makes at most a slow and an N+1 finding.
+func (v *Verdict) found(f *Finding) {
+	if v.Findings == nil {
+		v.Findings = make([]Finding, 0, 2)
 	}
+	v.Findings = append(v.Findings, *f)
 }
 
 // Observe records one executed statement and returns what the exporter
-// should mark on its span and metrics. s and what it points to are not kept.
+// should mark on its span and metrics, with the findings it made
+// (Verdict.Findings). s and what it points to are not kept.
 func (d *Detector) Observe(s *Statement) Verdict {
 	st := s.Stmt
 	if st == nil || s.Query == nil {
@@ -119,7 +114,6 @@ func (d *Detector) Observe(s *Statement) Verdict {
 		dur = 0
 	}
 	var v Verdict
-	var p pending
 
 	d.mu.Lock()
 	d.statements++
@@ -145,47 +139,42 @@ func (d *Detector) Observe(s *Statement) Verdict {
 		v.Slow = true
 		fd := d.slowFinding(s, dur)
 		d.addFinding(fd)
-		p.add(fd)
+		v.found(fd)
 	}
 
 	// N+1.
 	control := isTxControl(s.Query)
 	if s.Parent.IsValid() {
 		if !control {
-			d.observeTraceGroup(s, dur, &v, &p)
+			d.observeTraceGroup(s, dur, &v)
 		}
 		c.otherStatement(control)
 	} else {
 		// Without trace context the signal is weaker: a statement that reads
 		// no table (a pool's "SELECT 1" ping, "SELECT now()") is neither a
 		// candidate nor a statement in between.
-		d.observeConnRun(c, s, dur, control || len(s.Query.Tables) == 0, inTx, &v, &p)
+		d.observeConnRun(c, s, dur, control || len(s.Query.Tables) == 0, inTx, &v)
 	}
 	c.afterStatement(s, st)
 	d.mu.Unlock()
-
-	if d.cfg.OnFinding != nil {
-		for i := 0; i < p.n; i++ {
-			d.cfg.OnFinding(p.f[i])
-		}
-	}
 	return v
 }
 
-// addFinding stores f in the ring, counts it, and returns its sequence.
-// The caller holds d.mu.
+// addFinding stores f in the ring, counts it, and returns its sequence,
+// which f carries too. The caller holds d.mu.
 func (d *Detector) addFinding(f *Finding) uint64 {
 	d.byType[f.Type]++
-	return d.findings.add(*f)
+	f.seq = d.findings.add(*f)
+	return f.seq
 }
 
 // Tick runs the time-based checks: transactions left idle past the
-// threshold, and the aging of N+1 groups and connection state. The pipeline
-// calls it about once a second.
-func (d *Detector) Tick(now time.Time) {
-	var announce []Finding
+// threshold, and the aging of N+1 groups and connection state. It returns
+// the findings it made. The pipeline calls it about once a second.
+func (d *Detector) Tick(now time.Time) []Finding {
+	var found []Finding
 	d.mu.Lock()
-	announce = d.checkIdle(now, announce)
+	found = d.checkIdle(now, found)
 	cutoff := now.Add(-d.cfg.NPlusOneGroupTTL)
 	for g := d.groupLRU.oldest(); g != nil && g.last.Before(cutoff); g = d.groupLRU.oldest() {
 		d.dropGroup(g)
@@ -193,11 +182,7 @@ func (d *Detector) Tick(now time.Time) {
 	}
 	d.expireConns(now)
 	d.mu.Unlock()
-	if d.cfg.OnFinding != nil {
-		for _, f := range announce {
-			d.cfg.OnFinding(f)
-		}
-	}
+	return found
 }
 
 // Findings returns the findings in the ring of type typ ("" for all) last

@@ -28,13 +28,13 @@ func TestSlowQuery(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rec recorder
-			d := New(Config{OnFinding: rec.on})
+			d := New(Config{})
+			rec := &recorder{d: d}
 			s := stmt(conn(3, "billing"), qOrder, t0, tt.dur, wire.TxIdle, tt.parent)
 			if tt.failed {
 				s.Stmt.Outcome, s.Stmt.SQLState, s.Stmt.ErrorMessage = wire.OutcomeError, "57014", "secret value 'x'"
 			}
-			v := d.Observe(s)
+			v := rec.Observe(s)
 			if v.Slow != tt.want {
 				t.Errorf("Verdict.Slow = %v, want %v", v.Slow, tt.want)
 			}
@@ -70,21 +70,21 @@ func TestSlowQuery(t *testing.T) {
 }
 
 func TestIdleInTransaction(t *testing.T) {
-	var rec recorder
-	d := New(Config{OnFinding: rec.on})
+	d := New(Config{})
+	rec := &recorder{d: d}
 	c := conn(4, "reports")
-	d.ObserveConn(wire.Event{Kind: wire.ConnOpened, Time: t0, Conn: *c})
+	rec.ObserveConn(wire.Event{Kind: wire.ConnOpened, Time: t0, Conn: *c})
 	// BEGIN; SELECT … then nothing for a while.
-	d.Observe(stmt(c, qBegin, t0, time.Millisecond, wire.TxInBlock, fingerprint.TraceContext{}))
-	d.Observe(stmt(c, qUser, t0.Add(2*time.Millisecond), time.Millisecond, wire.TxInBlock, fingerprint.TraceContext{}))
+	rec.Observe(stmt(c, qBegin, t0, time.Millisecond, wire.TxInBlock, fingerprint.TraceContext{}))
+	rec.Observe(stmt(c, qUser, t0.Add(2*time.Millisecond), time.Millisecond, wire.TxInBlock, fingerprint.TraceContext{}))
 	idleFrom := t0.Add(3 * time.Millisecond)
 
-	d.Tick(idleFrom.Add(5 * time.Second))
+	rec.Tick(idleFrom.Add(5 * time.Second))
 	if n := len(d.Findings(FindingIdleInTransaction, time.Time{})); n != 0 {
 		t.Fatalf("finding after 5s, threshold 10s")
 	}
-	d.Tick(idleFrom.Add(11 * time.Second))
-	d.Tick(idleFrom.Add(12 * time.Second))
+	rec.Tick(idleFrom.Add(11 * time.Second))
+	rec.Tick(idleFrom.Add(12 * time.Second))
 	fs := d.Findings(FindingIdleInTransaction, time.Time{})
 	if len(fs) != 1 || len(rec.got) != 1 {
 		t.Fatalf("findings %+v announced %d; want one, once", fs, len(rec.got))
@@ -94,11 +94,11 @@ func TestIdleInTransaction(t *testing.T) {
 		t.Errorf("finding %+v", f)
 	}
 	// The episode ends when the next statement starts: 15s idle in all.
-	d.Observe(stmt(c, qCommit, idleFrom.Add(15*time.Second), time.Millisecond, wire.TxIdle, fingerprint.TraceContext{}))
+	rec.Observe(stmt(c, qCommit, idleFrom.Add(15*time.Second), time.Millisecond, wire.TxIdle, fingerprint.TraceContext{}))
 	if f := d.Findings(FindingIdleInTransaction, time.Time{})[0]; f.TotalDurationMs != 15000 {
 		t.Errorf("final idle %.0f ms, want 15000", f.TotalDurationMs)
 	}
-	d.Tick(idleFrom.Add(30 * time.Second))
+	rec.Tick(idleFrom.Add(30 * time.Second))
 	if n := len(d.Findings(FindingIdleInTransaction, time.Time{})); n != 1 {
 		t.Errorf("%d findings after COMMIT, want still 1", n)
 	}
@@ -106,14 +106,14 @@ func TestIdleInTransaction(t *testing.T) {
 	at := idleFrom.Add(40 * time.Second)
 	e := wire.Event{Kind: wire.TxStatus, Time: at, Conn: *c}
 	e.Conn.TxStatus = wire.TxFailed
-	d.ObserveConn(e)
-	d.Tick(at.Add(10 * time.Second))
+	rec.ObserveConn(e)
+	rec.Tick(at.Add(10 * time.Second))
 	fs = d.Findings(FindingIdleInTransaction, time.Time{})
 	if len(fs) != 2 || !strings.Contains(fs[0].Detail, "failed transaction") {
 		t.Fatalf("findings %+v, want a second, failed-transaction episode first", fs)
 	}
 	// Closing the connection ends the episode and counts its time.
-	d.ObserveConn(wire.Event{Kind: wire.ConnClosed, Time: at.Add(20 * time.Second), Conn: *c, Statements: 3})
+	rec.ObserveConn(wire.Event{Kind: wire.ConnClosed, Time: at.Add(20 * time.Second), Conn: *c, Statements: 3})
 	// 1ms between BEGIN and SELECT, 15s before COMMIT, 20s before the close.
 	want := 15*time.Second + 20*time.Second + time.Millisecond
 	if got := d.IdleInTransaction("reports", at.Add(time.Hour)); got != want {
@@ -165,19 +165,19 @@ func TestConnectionChurn(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rec recorder
-			d := New(Config{OnFinding: rec.on})
+			d := New(Config{})
+			rec := &recorder{d: d}
 			id := uint64(0)
 			for _, cs := range tt.conns {
 				at := t0
 				for i := 0; i < cs.n; i++ {
 					id++
 					c := conn(id, cs.app)
-					d.ObserveConn(wire.Event{Kind: wire.ConnOpened, Time: at, Conn: *c})
+					rec.ObserveConn(wire.Event{Kind: wire.ConnOpened, Time: at, Conn: *c})
 					if cs.authFailed {
-						d.ObserveConn(wire.Event{Kind: wire.ConnAuthFailed, Time: at, Conn: *c})
+						rec.ObserveConn(wire.Event{Kind: wire.ConnAuthFailed, Time: at, Conn: *c})
 					}
-					d.ObserveConn(wire.Event{Kind: wire.ConnClosed, Time: at.Add(10 * time.Millisecond), Conn: *c, Statements: cs.statements})
+					rec.ObserveConn(wire.Event{Kind: wire.ConnClosed, Time: at.Add(10 * time.Millisecond), Conn: *c, Statements: cs.statements})
 					at = at.Add(cs.every)
 				}
 			}
@@ -399,7 +399,7 @@ func TestFindingsFilter(t *testing.T) {
 // readers; run with -race.
 func TestConcurrentUse(t *testing.T) {
 	var announced sync.WaitGroup
-	d := New(Config{MaxFingerprints: 50, OnFinding: func(Finding) {}})
+	d := New(Config{MaxFingerprints: 50})
 	done := make(chan struct{})
 	announced.Add(3)
 	go func() { // readers

@@ -4,6 +4,11 @@
 // connection churn, and pg_stat_statements-like statistics with tail
 // latencies from a bounded sketch.
 //
+// Findings leave by one route: Observe returns a statement's in its
+// Verdict, ObserveConn and Tick return theirs, and the caller (the
+// pipeline) hands them on. FindingTypes lists the types, with what the
+// outside needs to show, log and count each.
+//
 // It is pure code over observed statements: it knows nothing about
 // OpenTelemetry or HTTP. The pipeline feeds it from one goroutine
 // (Observe, ObserveConn) and a ticker (Tick); readers (Queries, Findings,

@@ -16,6 +16,12 @@ var t0 = time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)
 // query makes a fingerprint.Query for a synthetic statement.
 func query(fp, normalized, op string) *fingerprint.Query {
 	q := &fingerprint.Query{Fingerprint: fp, Normalized: normalized, Summary: op + " t", Operation: op}
+	switch op {
+	case "BEGIN":
+		q.TxControl = fingerprint.TxBegin
+	case "COMMIT":
+		q.TxControl = fingerprint.TxCommit
+	}
 	if i := strings.Index(normalized, " FROM "); i >= 0 {
 		q.Tables = []string{strings.Fields(normalized[i+len(" FROM "):])[0]}
 	}
@@ -84,10 +90,22 @@ func (c *clock) next(step time.Duration) time.Time {
 	return c.t
 }
 
-// recorder collects the findings announced through OnFinding.
-type recorder struct{ got []Finding }
+// recorder collects the findings d's Observe, ObserveConn and Tick
+// return.
+type recorder struct {
+	d   *Detector
+	got []Finding
+}
 
-func (r *recorder) on(f Finding) { r.got = append(r.got, f) }
+func (r *recorder) Observe(s *Statement) Verdict {
+	v := r.d.Observe(s)
+	r.got = append(r.got, v.Findings...)
+	return v
+}
+
+func (r *recorder) ObserveConn(e wire.Event) { r.got = append(r.got, r.d.ObserveConn(e)...) }
+
+func (r *recorder) Tick(now time.Time) { r.got = append(r.got, r.d.Tick(now)...) }
 
 func (r *recorder) ofType(t FindingType) []Finding {
 	var out []Finding

@@ -103,7 +103,7 @@ func (g *group) toFinding() Finding {
 
 // observeTraceGroup counts s in its (trace id, fingerprint) group. The
 // caller holds d.mu.
-func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict, p *pending) {
+func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict) {
 	st := s.Stmt
 	key := groupKey{trace: s.Parent.TraceID, fp: s.Query.Fingerprint}
 	g := d.groups[key]
@@ -137,7 +137,7 @@ func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict
 		d.nPlusOneGroups++
 		f := g.toFinding()
 		g.finding = d.addFinding(&f)
-		p.add(&f)
+		v.found(&f)
 		v.NPlusOneDetected = true
 	} else if f := d.findings.get(g.finding); f != nil {
 		f.Count, f.TotalDurationMs, f.LastSeen = g.count, ms(g.total), g.last
@@ -146,7 +146,7 @@ func (d *Detector) observeTraceGroup(s *Statement, dur time.Duration, v *Verdict
 		}
 	} else if st.End.Sub(g.readded) >= readdInterval {
 		// The ring dropped the finding while the group kept going: put it
-		// back, without announcing it again. At most once per
+		// back, without reporting it again. At most once per
 		// readdInterval, so that more live groups than ring slots cannot
 		// make every execution build a finding.
 		g.readded = st.End
@@ -184,7 +184,7 @@ const maxRuns = 4
 
 // observeConnRun counts s in its connection's runs. inTx says whether s
 // started inside a transaction. The caller holds d.mu.
-func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration, control, inTx bool, v *Verdict, p *pending) {
+func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration, control, inTx bool, v *Verdict) {
 	if control {
 		return // neither a candidate nor a statement "in between"
 	}
@@ -237,7 +237,7 @@ func (d *Detector) observeConnRun(c *connState, s *Statement, dur time.Duration,
 		d.connNPlusOnes++
 		f := c.runFinding(r, d.cfg.NPlusOneWindow)
 		r.finding = d.addFinding(&f)
-		p.add(&f)
+		v.found(&f)
 		v.NPlusOneDetected = true
 	} else if f := d.findings.get(r.finding); f != nil {
 		f.Count, f.TotalDurationMs, f.LastSeen = r.count, ms(r.total), r.last
@@ -285,31 +285,17 @@ func (c *connState) runFinding(r *run, window time.Duration) Finding {
 
 // isTxControl reports whether q is transaction or session control (BEGIN,
 // COMMIT, SET, …): never an N+1 candidate, and not counted as a statement
-// between repetitions.
+// between repetitions. Transaction control is what the fingerprint stage
+// classified (Query.TxControl); session control is read from the
+// operation.
 func isTxControl(q *fingerprint.Query) bool {
-	w := firstWord(q.Operation)
-	if w == "" {
-		w = firstWord(q.Normalized)
-	}
-	switch strings.ToUpper(w) {
-	case "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-		"TRANSACTION", "PREPARE", "SET", "RESET", "SHOW", "DISCARD", "DEALLOCATE",
-		"LISTEN", "UNLISTEN":
-		return true
-	}
-	return false
+	return q.TxControl != fingerprint.TxNone || sessionControl[q.Operation]
 }
 
-// firstWord returns the first run of letters and underscores in s, after
-// any leading space or parentheses.
-func firstWord(s string) string {
-	i := 0
-	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '(') {
-		i++
-	}
-	j := i
-	for j < len(s) && (s[j] >= 'a' && s[j] <= 'z' || s[j] >= 'A' && s[j] <= 'Z' || s[j] == '_') {
-		j++
-	}
-	return s[i:j]
+// sessionControl are the operations (db.operation.name) that set up or
+// look at the session rather than touch data.
+var sessionControl = map[string]bool{
+	"SET": true, "RESET": true, "SHOW": true, "DISCARD": true, "DEALLOCATE": true,
+	"LISTEN": true, "UNLISTEN": true, "PREPARE": true,
+	"COMMIT PREPARED": true, "ROLLBACK PREPARED": true,
 }

@@ -86,15 +86,14 @@ func TestNPlusOneWithTraceContext(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rec recorder
 			cfg := tt.cfg
-			cfg.OnFinding = rec.on
 			d := New(cfg)
+			rec := &recorder{d: d}
 			c := conn(1, "api")
 			clk := clock{t0}
 			detected := map[string]int{}
 			for i, e := range tt.execs {
-				v := d.Observe(stmt(c, e.q, clk.next(2*time.Millisecond), time.Millisecond, wire.TxIdle, e.parent))
+				v := rec.Observe(stmt(c, e.q, clk.next(2*time.Millisecond), time.Millisecond, wire.TxIdle, e.parent))
 				k := key(e.parent.TraceID[0], e.q)
 				if v.NPlusOneDetected {
 					detected[k]++
@@ -127,7 +126,7 @@ func TestNPlusOneWithTraceContext(t *testing.T) {
 				t.Errorf("findings = %v, want %v", got, tt.want)
 			}
 			if n := len(rec.ofType(FindingNPlusOne)); n != len(tt.want) {
-				t.Errorf("OnFinding called %d times for n_plus_one, want %d", n, len(tt.want))
+				t.Errorf("findings reported %d times for n_plus_one, want %d", n, len(tt.want))
 			}
 			for k := range tt.want {
 				if detected[k] != 1 {
@@ -283,12 +282,12 @@ func TestNPlusOneConnectionFallback(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var rec recorder
-			d := New(Config{OnFinding: rec.on})
+			d := New(Config{})
+			rec := &recorder{d: d}
 			c := conn(7, "worker")
 			clk := clock{t0}
 			for _, s := range tt.steps {
-				d.Observe(stmt(c, s.q, clk.next(s.gap), 500*time.Microsecond, s.tx, fingerprint.TraceContext{}))
+				rec.Observe(stmt(c, s.q, clk.next(s.gap), 500*time.Microsecond, s.tx, fingerprint.TraceContext{}))
 			}
 			got := map[string]int64{}
 			for _, f := range d.Findings(FindingNPlusOne, time.Time{}) {
@@ -307,7 +306,7 @@ func TestNPlusOneConnectionFallback(t *testing.T) {
 				t.Errorf("findings = %v, want %v", got, tt.want)
 			}
 			if n := len(rec.got); n != len(tt.want) {
-				t.Errorf("OnFinding called %d times, want %d", n, len(tt.want))
+				t.Errorf("findings reported %d times, want %d", n, len(tt.want))
 			}
 		})
 	}

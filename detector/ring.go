@@ -16,9 +16,11 @@ func newFindingRing(size int) findingRing {
 	return findingRing{slots: make([]Finding, size), seqs: make([]uint64, size), next: 1}
 }
 
-// add stores f and returns its sequence number.
+// add stores f and returns its sequence number, which the stored copy
+// carries too.
 func (r *findingRing) add(f Finding) uint64 {
 	seq := r.next
+	f.seq = seq
 	r.next++
 	i := seq % uint64(len(r.slots))
 	if r.seqs[i] != 0 {

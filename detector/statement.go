@@ -1,8 +1,6 @@
 package detector
 
 import (
-	"time"
-
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/wire"
 )
@@ -30,30 +28,8 @@ type Verdict struct {
 	// threshold: the one time per group that db.n_plus_one.detected counts.
 	NPlusOneDetected bool
 	NPlusOneCount    int // executions in the group so far, when NPlusOne
-}
-
-// FindingType names the kinds of Finding.
-type FindingType string
-
-const (
-	FindingSlowQuery         FindingType = "slow_query"
-	FindingNPlusOne          FindingType = "n_plus_one"
-	FindingIdleInTransaction FindingType = "idle_in_transaction"
-	FindingConnectionChurn   FindingType = "connection_churn"
-)
-
-// Finding is a problem the detector found. Its JSON form is the contract of
-// /api/findings: exactly these keys.
-type Finding struct {
-	Type            FindingType `json:"type"`
-	TraceID         string      `json:"trace_id"`       // hex, "" without trace context
-	ParentSpanID    string      `json:"parent_span_id"` // hex, "" without trace context
-	Fingerprint     string      `json:"fingerprint"`
-	Query           string      `json:"query"` // normalized text
-	Count           int64       `json:"count"`
-	TotalDurationMs float64     `json:"total_duration_ms"`
-	FirstSeen       time.Time   `json:"first_seen"`
-	LastSeen        time.Time   `json:"last_seen"`
-	Application     string      `json:"application"`
-	Detail          string      `json:"detail"`
+	// Findings are the findings this statement made: a slow query, the
+	// N+1 group it made cross the threshold. nil when none (most
+	// statements): nothing is allocated for them.
+	Findings []Finding
 }

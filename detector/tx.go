@@ -1,8 +1,6 @@
 package detector
 
 import (
-	"strings"
-
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/wire"
 )
@@ -12,27 +10,23 @@ import (
 // transaction's when it has none of its own) and the exporter (the
 // transaction span).
 
-// TxBoundary says whether st begins or ends a transaction, from its
-// operation. The transaction status alone cannot say it: the statements of
-// a multi-statement Query, or of a pipeline up to its Sync, all carry the
-// status of the one ReadyForQuery that follows them.
+// TxBoundary says whether st begins or ends a transaction, from what the
+// fingerprint stage made of it (Query.TxControl). The transaction status
+// alone cannot say it: the statements of a multi-statement Query, or of a
+// pipeline up to its Sync, all carry the status of the one ReadyForQuery
+// that follows them.
 func TxBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, ends bool) {
-	var op string
+	var c fingerprint.TxControl
 	if q != nil {
-		op = q.Operation
+		c = q.TxControl
 	}
-	switch op {
-	case "BEGIN": // also START TRANSACTION
+	switch {
+	case c == fingerprint.TxBegin:
 		// A failed BEGIN begins nothing.
 		return !st.Failed(), false
-	case "COMMIT", "PREPARE TRANSACTION": // COMMIT also stands for END
-		// A failed COMMIT ends the transaction too: PostgreSQL rolls it back.
-		return false, inTx
-	case "ROLLBACK": // also ABORT
-		// ROLLBACK TO SAVEPOINT stays in the transaction.
-		if IsRollbackTo(q.Normalized) {
-			return false, false
-		}
+	case c.Ends():
+		// A failed COMMIT ends the transaction too: PostgreSQL rolls it
+		// back. ROLLBACK TO SAVEPOINT (TxRollbackTo) stays in it.
 		return false, inTx
 	}
 	// A statement after which the session was idle ended the transaction,
@@ -49,22 +43,5 @@ func TxBoundary(inTx bool, st *wire.Statement, q *fingerprint.Query) (begins, en
 // TxChains reports whether q is COMMIT AND CHAIN or ROLLBACK AND CHAIN,
 // which start a new transaction as they end one.
 func TxChains(q *fingerprint.Query) bool {
-	if q == nil || (q.Operation != "COMMIT" && q.Operation != "ROLLBACK") {
-		return false
-	}
-	f := strings.Fields(strings.ToUpper(strings.TrimRight(q.Normalized, "; \t\n")))
-	n := len(f)
-	return n >= 3 && f[n-1] == "CHAIN" && f[n-2] == "AND"
-}
-
-// IsRollbackTo reports whether a ROLLBACK is ROLLBACK TO SAVEPOINT, which
-// stays in the transaction.
-func IsRollbackTo(normalized string) bool {
-	f := strings.Fields(strings.ToUpper(normalized))
-	for i := 1; i < len(f) && i < 4; i++ {
-		if f[i] == "TO" {
-			return true
-		}
-	}
-	return false
+	return q != nil && q.TxControl.Chains()
 }

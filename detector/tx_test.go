@@ -8,9 +8,9 @@ import (
 )
 
 func TestTxBoundary(t *testing.T) {
-	q := func(op, normalized string) *fingerprint.Query {
-		return &fingerprint.Query{Operation: op, Normalized: normalized}
-	}
+	// The Query as the fingerprint stage makes it.
+	a := fingerprint.New(fingerprint.Config{})
+	q := func(text string) *fingerprint.Query { return a.Analyze(text).Queries[0] }
 	ok := &wire.Statement{Outcome: wire.OutcomeComplete, TxStatus: wire.TxInBlock}
 	failed := &wire.Statement{Outcome: wire.OutcomeError, TxStatus: wire.TxIdle}
 	idleLast := &wire.Statement{Outcome: wire.OutcomeComplete, TxStatus: wire.TxIdle, LastInBatch: true}
@@ -21,16 +21,20 @@ func TestTxBoundary(t *testing.T) {
 		q            *fingerprint.Query
 		begins, ends bool
 	}{
-		{"BEGIN", false, ok, q("BEGIN", "BEGIN"), true, false},
-		{"failed BEGIN", false, failed, q("BEGIN", "BEGIN"), false, false},
-		{"COMMIT", true, ok, q("COMMIT", "COMMIT"), false, true},
-		{"COMMIT outside a transaction", false, ok, q("COMMIT", "COMMIT"), false, false},
-		{"ROLLBACK", true, ok, q("ROLLBACK", "ROLLBACK"), false, true},
-		{"ROLLBACK TO SAVEPOINT", true, ok, q("ROLLBACK", "ROLLBACK TO SAVEPOINT s1"), false, false},
-		{"rollback transaction to", true, ok, q("ROLLBACK", "rollback transaction to s1"), false, false},
-		{"a statement that left the session idle", true, idleLast, q("SELECT", "SELECT $1"), false, true},
-		{"a failed statement that left it idle", true, failed, q("INSERT", "INSERT INTO t VALUES ($1)"), false, true},
-		{"a statement in the transaction", true, ok, q("SELECT", "SELECT $1"), false, false},
+		{"BEGIN", false, ok, q("BEGIN"), true, false},
+		{"failed BEGIN", false, failed, q("BEGIN"), false, false},
+		{"COMMIT", true, ok, q("COMMIT"), false, true},
+		{"COMMIT outside a transaction", false, ok, q("COMMIT"), false, false},
+		{"ROLLBACK", true, ok, q("ROLLBACK"), false, true},
+		{"ROLLBACK TO SAVEPOINT", true, ok, q("ROLLBACK TO SAVEPOINT s1"), false, false},
+		{"rollback transaction to", true, ok, q("rollback transaction to s1"), false, false},
+		{"a statement that left the session idle", true, idleLast, q("SELECT $1"), false, true},
+		{"a failed statement that left it idle", true, failed, q("INSERT INTO t VALUES ($1)"), false, true},
+		{"a statement in the transaction", true, ok, q("SELECT $1"), false, false},
+		{"PREPARE TRANSACTION", true, ok, q("PREPARE TRANSACTION 'x'"), false, true},
+		{"COMMIT AND CHAIN", true, ok, q("COMMIT AND CHAIN"), false, true},
+		{"SAVEPOINT", true, ok, q("SAVEPOINT s1"), false, false},
+		{"COMMIT PREPARED", false, ok, q("COMMIT PREPARED 'x'"), false, false},
 	}
 	for _, tt := range tests {
 		begins, ends := TxBoundary(tt.inTx, tt.st, tt.q)
@@ -39,12 +43,25 @@ func TestTxBoundary(t *testing.T) {
 		}
 	}
 	for text, want := range map[string]bool{"COMMIT AND CHAIN": true, "rollback and chain;": true, "COMMIT": false, "COMMIT AND NO CHAIN": false} {
-		op := "COMMIT"
-		if text[0] == 'r' {
-			op = "ROLLBACK"
-		}
-		if got := TxChains(q(op, text)); got != want {
+		if got := TxChains(q(text)); got != want {
 			t.Errorf("TxChains(%q) = %v, want %v", text, got, want)
+		}
+	}
+}
+
+func TestIsTxControl(t *testing.T) {
+	a := fingerprint.New(fingerprint.Config{})
+	for text, want := range map[string]bool{
+		"BEGIN": true, "START TRANSACTION": true, "COMMIT": true, "END": true, "ROLLBACK": true, "ABORT": true,
+		"SAVEPOINT s1": true, "RELEASE SAVEPOINT s1": true, "ROLLBACK TO s1": true, "PREPARE TRANSACTION 'x'": true,
+		"COMMIT PREPARED 'x'": true, "SET search_path = app": true, "RESET ALL": true, "SHOW timezone": true,
+		"DISCARD ALL": true, "DEALLOCATE ALL": true, "LISTEN ch": true, "UNLISTEN *": true,
+		"PREPARE q AS SELECT 1": true,
+		"SELECT 1":              false, "SELECT * FROM users WHERE id = 1": false, "UPDATE t SET x = 1": false,
+		"EXECUTE q": false, "CALL p()": false,
+	} {
+		if got := isTxControl(a.Analyze(text).Queries[0]); got != want {
+			t.Errorf("isTxControl(%q) = %v, want %v", text, got, want)
 		}
 	}
 }

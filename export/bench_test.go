@@ -26,8 +26,8 @@ import (
 
 // BenchmarkStatement measures Exporter.StatementSpan, what the pipeline
 // calls per statement, alone: the span built and handed to the bounded
-// queue of pgtrace's batch processor (spanSink, batcher), whose goroutine
-// passes full batches to a no-op exporter, plus the metric records
+// queue of pgtrace's batch processor (fastspan.Sink, fastspan.Batcher),
+// whose goroutine passes full batches to a no-op exporter, plus the metric records
 // (duration and returned rows, with an exemplar when sampled). cpu-ns/op
 // is process CPU, so it includes the batcher's goroutine and the garbage
 // collector; exporting a span to a collector is not included (see
@@ -45,7 +45,7 @@ func BenchmarkStatement(b *testing.B) {
 			b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 			b.Setenv("OTEL_TRACES_SAMPLER", bc.env)
 			e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), UpstreamAddr: "db:5432",
-				SpanExporter: tracetest.NewNoopExporter()})
+				SpanExporter: discardSpans{}})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -79,11 +79,12 @@ func reportCPU(b *testing.B, start time.Duration) {
 // span with as many attributes as a statement span, through its Tracer
 // (Start, SetAttributes, End) and the same processors: the SDK's share of a
 // statement span's cost before statement spans were built without the
-// Tracer (spanSink). Transaction and connect spans still take this path.
+// Tracer (fastspan.Sink). Transaction and connect spans still take this
+// path, and statement spans with SpanPathSDK.
 func BenchmarkSDKSpanFloor(b *testing.B) {
 	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	b.Setenv("OTEL_TRACES_SAMPLER", "always_on")
-	e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), SpanExporter: tracetest.NewNoopExporter()})
+	e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), SpanExporter: discardSpans{}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,12 +107,11 @@ func BenchmarkSDKSpanFloor(b *testing.B) {
 // span after BenchmarkStatement has counted the span: the exporter's
 // encoding of a full batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) and the
 // request to a local receiver, without compression, over gRPC (the default
-// protocol) and HTTP. "pgtrace" is the exporter pgtrace uses
-// (otlpExporter), "otlptrace" the OTel Go exporter it replaced, with the
-// same clients. cpu-ns/span is process CPU per span. Both receivers drop
-// the request undecoded, so nearly all of it is the exporter's. (Until
-// otlpExporter, the gRPC receiver here decoded the request, which added
-// about 10 µs per span of the collector's work.)
+// protocol) and HTTP. "pgtrace" is the exporter of the fast span path
+// (fastspan.Exporter), "otlptrace" the OTel Go exporter of the SDK path,
+// with the same clients. cpu-ns/span is process CPU per span. Both
+// receivers drop the request undecoded, so nearly all of it is the
+// exporter's.
 func BenchmarkExportSpans(b *testing.B) {
 	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	b.Setenv("OTEL_TRACES_SAMPLER", "")
@@ -170,6 +170,15 @@ func BenchmarkExportSpans(b *testing.B) {
 		}
 	}
 }
+
+// discardSpans is a span exporter that reads nothing and keeps nothing:
+// statement spans are recycled (TransientExporter), as with the OTLP
+// exporter.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
+func (discardSpans) KeepsNoSpans()                                              {}
 
 type discardTraces struct {
 	coltracepb.UnimplementedTraceServiceServer

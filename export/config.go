@@ -66,17 +66,38 @@ type Config struct {
 	// Optional. Called from metric collection, on any goroutine.
 	Connections func() []wire.ConnState
 
+	// SpanPath says how statement spans are made and sent:
+	// SpanPathFast ("" too), built whole and encoded by pgtrace
+	// (export/internal/fastspan), or SpanPathSDK, the OpenTelemetry SDK's
+	// Tracer, BatchSpanProcessor and OTLP exporter. Both send the same
+	// spans.
+	SpanPath string
+
 	// SpanExporter, if set, replaces the OTLP span exporter (tests). It is
-	// fed through the same bounded, dropping queue.
+	// fed through the same bounded, dropping queue. On the fast path, an
+	// exporter that keeps nothing of the spans once ExportSpans returns
+	// may say so (TransientExporter): its statement spans are recycled.
 	SpanExporter sdktrace.SpanExporter
 	// SpanProcessor, if set, is added as is, synchronously (tests:
-	// tracetest.SpanRecorder). Statement spans reach it through OnEnd
-	// only: they are built after the statement ended (spanSink).
+	// tracetest.SpanRecorder). On the fast path statement spans reach it
+	// through OnEnd only: they are built after the statement ended.
 	SpanProcessor sdktrace.SpanProcessor
 	// MetricReader, if set, is added to the meter provider (tests:
 	// sdkmetric.NewManualReader). OTLP metrics still follow the environment.
 	MetricReader sdkmetric.Reader
 }
+
+// Span paths (Config.SpanPath).
+const (
+	// SpanPathFast builds statement spans without the SDK's Tracer and
+	// encodes them with pgtrace's own OTLP encoder: about a fifth of the
+	// SDK path's CPU per sampled statement (bench/RESULTS.md).
+	SpanPathFast = "fast"
+	// SpanPathSDK is the stock path: the SDK's Tracer, BatchSpanProcessor
+	// and otlptrace exporter. pgtrace.spans.dropped stays 0 on it: the
+	// SDK's batch processor drops when full but does not say how many.
+	SpanPathSDK = "sdk"
+)
 
 const (
 	defaultCardinalityLimit = 2000

@@ -9,7 +9,6 @@ import (
 	"github.com/dotmac/pgtrace/wire"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -163,19 +162,11 @@ func (e *Exporter) poolName(conn *wire.ConnInfo) string {
 	return ""
 }
 
-// Finding counts the detector's findings that the verdicts do not:
-// idle-in-transaction sessions and connection churn. Slow queries and N+1
-// patterns are counted from each statement's Verdict. It is safe to call
-// from any goroutine.
+// Finding counts a finding the detector made outside a statement
+// (ObserveConn, Tick: idle in transaction, connection churn), by
+// application. A statement's findings come in its Verdict to
+// StatementSpan, which counts them with the statement's metric attributes.
+// It is safe to call from any goroutine.
 func (e *Exporter) Finding(f detector.Finding) {
-	var c metric.Int64Counter
-	switch f.Type {
-	case detector.FindingIdleInTransaction:
-		c = e.inst.idleInTx
-	case detector.FindingConnectionChurn:
-		c = e.inst.churn
-	default:
-		return
-	}
-	c.Add(context.Background(), 1, metricAttrs(attrSystem, keyApplication.String(f.Application)))
+	e.inst.countFinding(context.Background(), f.Type, metricAttrs(attrSystem, keyApplication.String(f.Application)))
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/dotmac/pgtrace/export/internal/fastspan"
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -22,7 +24,7 @@ import (
 // them (errorHandler, rate-limited).
 type delivery struct {
 	signal string // "traces" or "metrics"
-	target OTLPTarget
+	target otelenv.Target
 	log    *slog.Logger
 
 	refused atomic.Bool
@@ -72,7 +74,7 @@ func refusesSignal(err error) bool {
 
 // deliveredTraces is an OTLP trace client under a delivery's watch.
 type deliveredTraces struct {
-	traceClient
+	fastspan.Client
 	d *delivery
 }
 
@@ -86,7 +88,7 @@ func (x deliveredTraces) UploadTraces(ctx context.Context, rss []*tracepb.Resour
 			n += len(ss.GetSpans())
 		}
 	}
-	return x.d.done(x.traceClient.UploadTraces(ctx, rss), n)
+	return x.d.done(x.Client.UploadTraces(ctx, rss), n)
 }
 
 // deliveredMetrics is a metric exporter under a delivery's watch.

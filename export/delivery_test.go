@@ -17,17 +17,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/dotmac/pgtrace/detector"
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/dotmac/pgtrace/internal/otlptest"
 )
 
-// clearOTLPTargetEnv clears every variable ResolveOTLP reads, beyond
+// clearOTLPTargetEnv clears every variable otelenv.OTLP reads, beyond
 // clearOTelEnv's.
 func clearOTLPTargetEnv(t *testing.T) {
 	t.Helper()
@@ -80,53 +80,6 @@ func (l *logLines) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
-}
-
-func TestResolveOTLP(t *testing.T) {
-	type env map[string]string
-	tests := []struct {
-		name   string
-		signal string
-		env    env
-		want   OTLPTarget
-	}{
-		{"nothing set", "traces", env{}, OTLPTarget{Signal: "traces", Off: "no OTEL_EXPORTER_OTLP_ENDPOINT set"}},
-		{"sdk disabled", "metrics", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "TRUE"},
-			OTLPTarget{Signal: "metrics", Off: "OTEL_SDK_DISABLED=true"}},
-		{"metrics exporter none", "metrics", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_METRICS_EXPORTER": "none"},
-			OTLPTarget{Signal: "metrics", Off: "OTEL_METRICS_EXPORTER=none"}},
-		{"metrics none leaves traces on", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_METRICS_EXPORTER": "none"},
-			OTLPTarget{Signal: "traces", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "http://c:4317", URL: "http://c:4317", Insecure: true}},
-		{"https", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://ingest.example:443"},
-			OTLPTarget{Signal: "traces", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "https://ingest.example:443", URL: "https://ingest.example:443"}},
-		{"no scheme: TLS by default", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"},
-			OTLPTarget{Signal: "traces", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "localhost:4317", URL: "https://localhost:4317", NoScheme: true}},
-		{"no scheme, insecure", "metrics", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "127.0.0.1:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
-			OTLPTarget{Signal: "metrics", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "127.0.0.1:4317", URL: "http://127.0.0.1:4317", Insecure: true, NoScheme: true}},
-		{"signal's insecure wins", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "false"},
-			OTLPTarget{Signal: "traces", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "c:4317", URL: "https://c:4317", NoScheme: true}},
-		{"signal endpoint wins", "metrics", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://b:4317"},
-			OTLPTarget{Signal: "metrics", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", Endpoint: "http://b:4317", URL: "http://b:4317", Insecure: true}},
-		{"http base URL gets the signal path", "metrics", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
-			OTLPTarget{Signal: "metrics", Protocol: "http/protobuf", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "http://c:4318/otlp", URL: "http://c:4318/otlp/v1/metrics", Insecure: true}},
-		{"http signal URL as is", "traces", env{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c/api/traces", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
-			OTLPTarget{Signal: "traces", Protocol: "http/protobuf", Variable: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Endpoint: "https://c/api/traces", URL: "https://c/api/traces"}},
-		{"http without scheme", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_INSECURE": "true"},
-			OTLPTarget{Signal: "traces", Protocol: "http/protobuf", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "c:4318", URL: "http://c:4318/v1/traces", Insecure: true, NoScheme: true}},
-		{"http/json", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
-			OTLPTarget{Signal: "traces", Protocol: "http/protobuf", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "http://c:4318", URL: "http://c:4318/v1/traces", Insecure: true,
-				ProtocolWarning: "OTEL_EXPORTER_OTLP_PROTOCOL=http/json: OTLP over http/json is not supported; sending http/protobuf to the same endpoint"}},
-		{"unix socket", "traces", env{"OTEL_EXPORTER_OTLP_ENDPOINT": "unix:///run/otel.sock"},
-			OTLPTarget{Signal: "traces", Protocol: "grpc", Variable: "OTEL_EXPORTER_OTLP_ENDPOINT", Endpoint: "unix:///run/otel.sock", URL: "unix:///run/otel.sock", Insecure: true, Custom: true}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := ResolveOTLP(tt.signal, func(k string) string { return tt.env[k] })
-			if diff := cmp.Diff(tt.want, got); diff != "" {
-				t.Errorf("ResolveOTLP(%s) (-want +got):\n%s", tt.signal, diff)
-			}
-		})
-	}
 }
 
 // TestEndpointWithoutScheme: host:port, as the OTLP specification allows
@@ -254,7 +207,7 @@ func TestCollectorWithoutMetrics(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.Statement(stmt(qSelect, t0, time.Millisecond, parentTC), detector.Verdict{})
-			want := "the collector at " + ResolveOTLP("metrics", func(k string) string {
+			want := "the collector at " + otelenv.OTLP("metrics", func(k string) string {
 				return map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": tt.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": tt.protocol}[k]
 			}).URL + " does not accept metrics; set OTEL_METRICS_EXPORTER=none"
 			deadline := time.Now().Add(10 * time.Second)
@@ -370,7 +323,7 @@ func TestDeliveryRefusal(t *testing.T) {
 	}
 
 	var logs logLines
-	d := &delivery{signal: "traces", target: OTLPTarget{URL: "http://c:4317"}, log: logs.logger()}
+	d := &delivery{signal: "traces", target: otelenv.Target{URL: "http://c:4317"}, log: logs.logger()}
 	unimplemented := status.Error(codes.Unimplemented, "unknown service")
 	for range 3 {
 		if err := d.done(unimplemented, 5); err != nil {

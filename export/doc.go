@@ -22,10 +22,15 @@
 //     txState.
 //   - A CLIENT "connect" span per upstream connect and authentication.
 //
-// Statement spans are built whole, after the statement ended, and handed
-// to the span processors without going through the SDK's Tracer (spanSink);
-// they get the tracer provider's sampler, resource, span limits and
-// processors all the same. Transaction and connect spans use the Tracer.
+// Statement spans take one of two paths (Config.SpanPath, the CLI's
+// --span-path). The fast path (export/internal/fastspan, the default)
+// builds them whole, after the statement ended, and hands them to the
+// span processors without going through the SDK's Tracer; they get the
+// tracer provider's sampler, resource, span limits and processors all the
+// same, and pgtrace's own OTLP encoder sends them. The SDK path uses the
+// SDK's Tracer, BatchSpanProcessor and OTLP exporter. Both send the same
+// spans (TestSpanPathParity). Transaction and connect spans use the
+// Tracer on both.
 //
 // Sampling is parent-based (the traceparent's flag decides; roots follow
 // OTEL_TRACES_SAMPLER/_ARG, or OTEL_TRACES_SAMPLING_RATIO as an alias), and
@@ -39,8 +44,10 @@
 // db.client.operation.duration, db.client.response.returned_rows,
 // db.client.connection.count (state idle|used),
 // db.client.connection.create_time, pgtrace.transaction.duration,
-// pgtrace.connections.opened, pgtrace.slow_queries, db.n_plus_one.detected,
-// pgtrace.idle_in_transaction, pgtrace.connection_churn,
+// pgtrace.connections.opened, the finding counters the detector's list of
+// finding types names (pgtrace.slow_queries, db.n_plus_one.detected,
+// pgtrace.idle_in_transaction, pgtrace.connection_churn; pgtrace.findings
+// by pgtrace.finding.type for a type without one),
 // pgtrace.events.dropped, pgtrace.spans.dropped,
 // pgtrace.fingerprint.cache.hits, pgtrace.fingerprint.cache.misses and
 // pgtrace.traceparent.invalid. Duration records carry the span's context,

@@ -93,8 +93,8 @@ func query(op, coll, summary, fp string) *fingerprint.Query {
 var (
 	qSelect = query("SELECT", "users", "SELECT users", "00000000000000a1")
 	qInsert = query("INSERT", "orders", "INSERT orders", "00000000000000a2")
-	qBegin  = &fingerprint.Query{Fingerprint: "00000000000000b1", Normalized: "BEGIN", Summary: "BEGIN", Operation: "BEGIN"}
-	qCommit = &fingerprint.Query{Fingerprint: "00000000000000b2", Normalized: "COMMIT", Summary: "COMMIT", Operation: "COMMIT"}
+	qBegin  = &fingerprint.Query{Fingerprint: "00000000000000b1", Normalized: "BEGIN", Summary: "BEGIN", Operation: "BEGIN", TxControl: fingerprint.TxBegin}
+	qCommit = &fingerprint.Query{Fingerprint: "00000000000000b2", Normalized: "COMMIT", Summary: "COMMIT", Operation: "COMMIT", TxControl: fingerprint.TxCommit}
 )
 
 // stmt builds a statement that started at start and took d.
@@ -112,6 +112,9 @@ func stmt(q *fingerprint.Query, start time.Time, d time.Duration, parent fingerp
 	}
 	return &detector.Statement{Stmt: st, Conn: &conn, Query: q, Tags: &fingerprint.Tags{}, Parent: parent}
 }
+
+// slowVerdict is the detector's verdict on a slow statement.
+var slowVerdict = detector.Verdict{Slow: true, Findings: []detector.Finding{{Type: detector.FindingSlowQuery}}}
 
 func failed(s *detector.Statement, code, msg string) *detector.Statement {
 	s.Stmt.Outcome, s.Stmt.CommandTag, s.Stmt.Rows = wire.OutcomeError, "", 0
@@ -314,42 +317,6 @@ func TestSampling(t *testing.T) {
 			hist := m["db.client.operation.duration"].Data.(metricdata.Histogram[float64])
 			if len(hist.DataPoints) != 1 || hist.DataPoints[0].Count != 1 {
 				t.Errorf("duration histogram = %+v, want one point with count 1", hist.DataPoints)
-			}
-		})
-	}
-}
-
-func TestSamplerFromEnv(t *testing.T) {
-	tests := []struct {
-		sampler, arg, ratio string
-		want                string // Description prefix; "" means error
-	}{
-		{"", "", "", "ParentBased{root:AlwaysOnSampler"},
-		{"always_off", "", "", "AlwaysOffSampler"},
-		{"traceidratio", "0.25", "", "TraceIDRatioBased{0.25}"},
-		{"parentbased_traceidratio", "0.5", "", "ParentBased{root:TraceIDRatioBased{0.5}"},
-		{"", "", "0.1", "ParentBased{root:TraceIDRatioBased{0.1}"},
-		{"always_on", "", "0.1", "AlwaysOnSampler"}, // the standard variable wins over the alias
-		{"traceidratio", "2", "", ""},
-		{"bogus", "", "", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.sampler+"/"+tt.arg+"/"+tt.ratio, func(t *testing.T) {
-			t.Setenv("OTEL_TRACES_SAMPLER", tt.sampler)
-			t.Setenv("OTEL_TRACES_SAMPLER_ARG", tt.arg)
-			t.Setenv("OTEL_TRACES_SAMPLING_RATIO", tt.ratio)
-			s, err := samplerFromEnv()
-			if tt.want == "" {
-				if err == nil {
-					t.Fatalf("got %s, want an error", s.Description())
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := s.Description(); len(d) < len(tt.want) || d[:len(tt.want)] != tt.want {
-				t.Errorf("sampler = %s, want %s…", d, tt.want)
 			}
 		})
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dotmac/pgtrace/export/internal/fastspan"
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,14 +21,15 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
@@ -42,13 +45,19 @@ type Exporter struct {
 	log    *slog.Logger
 	tracer trace.Tracer
 	tp     *sdktrace.TracerProvider // nil when no span goes anywhere
-	spans  *spanSink                // builds statement spans; nil when tp is
-	mp     *sdkmetric.MeterProvider
-	drops  *batcher // nil unless spans are exported
-	apps   *applications
+	// spans builds statement spans on the fast path (SpanPathFast); nil
+	// on the SDK path, where they go through the tracers, and when no
+	// span goes anywhere.
+	spans *fastspan.Sink
+	// spansOn says statement spans go somewhere: a span exporter or
+	// processor is configured, and Shutdown has not begun. Under mu.
+	spansOn bool
+	mp      *sdkmetric.MeterProvider
+	drops   *fastspan.Batcher // the fast path's queue; nil unless spans are exported on it
+	apps    *applications
 	// legacy: spans carry the pre-1.26 database attributes (db.system,
 	// db.name, db.statement, db.operation, db.user) beside the stable
-	// ones (semconvLegacy).
+	// ones (otelenv.LegacyDatabaseAttributes).
 	legacy bool
 	reg    *prometheus.Registry
 
@@ -74,7 +83,7 @@ type Exporter struct {
 // New builds the tracer and meter providers. It sets the global OTel error
 // handler and logger to log through cfg.Logger (errors rate-limited). OTLP
 // export is on when an OTEL_EXPORTER_OTLP_{,TRACES_,METRICS_}ENDPOINT is set
-// and OTEL_SDK_DISABLED is not true (ResolveOTLP); gRPC unless
+// and OTEL_SDK_DISABLED is not true (otelenv.OTLP); gRPC unless
 // OTEL_EXPORTER_OTLP_PROTOCOL (or the per-signal variable) says
 // http/protobuf. One log line says where each signal goes. Exporters
 // connect lazily, so New does not fail because a collector is down. The
@@ -89,6 +98,13 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 	if cfg.MaxApplications <= 0 {
 		cfg.MaxApplications = defaultMaxApplications
 	}
+	switch cfg.SpanPath {
+	case "":
+		cfg.SpanPath = SpanPathFast
+	case SpanPathFast, SpanPathSDK:
+	default:
+		return nil, fmt.Errorf("export: span path %q: want %s or %s", cfg.SpanPath, SpanPathFast, SpanPathSDK)
+	}
 	switch cfg.ServiceNameFrom {
 	case "":
 		cfg.ServiceNameFrom = ServiceFromNone
@@ -97,16 +113,16 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		return nil, fmt.Errorf("export: service name from %q: want %s, %s or %s", cfg.ServiceNameFrom,
 			ServiceFromApplicationName, ServiceFromSQLCommenter, ServiceFromNone)
 	}
-	traces, metrics := ResolveOTLP("traces", os.Getenv), ResolveOTLP("metrics", os.Getenv)
+	traces, metrics := otelenv.OTLP("traces", os.Getenv), otelenv.OTLP("metrics", os.Getenv)
 	// The SDK reports export failures to the global handler and its own
 	// notes to the global logger. pgtrace has one Exporter per process;
 	// its logger takes both, in its format.
-	otel.SetErrorHandler(&errorHandler{log: cfg.Logger, targets: []OTLPTarget{traces, metrics}})
+	otel.SetErrorHandler(&errorHandler{log: cfg.Logger, targets: []otelenv.Target{traces, metrics}})
 	otel.SetLogger(logr.FromSlogHandler(newSDKLogHandler(cfg.Logger.Handler(), traces, metrics)))
 	e := &Exporter{
 		cfg:     cfg,
 		log:     cfg.Logger,
-		legacy:  semconvLegacy(os.Getenv("OTEL_SEMCONV_STABILITY_OPT_IN")),
+		legacy:  otelenv.LegacyDatabaseAttributes(os.Getenv),
 		conns:   make(map[uint64]*connState),
 		sweepAt: minSweepAt,
 		sets:    make(map[setKey]*metricSets),
@@ -150,7 +166,7 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 // logTargets says, once at start, where OTLP goes: one line for both
 // signals, and a warning for each thing that may surprise (an endpoint
 // without a scheme sent with TLS, a protocol replaced).
-func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
+func (e *Exporter) logTargets(traces, metrics otelenv.Target) {
 	switch {
 	case traces.Off == "OTEL_SDK_DISABLED=true":
 		e.log.Info("OTLP export disabled by OTEL_SDK_DISABLED; metrics on /metrics only")
@@ -165,20 +181,22 @@ func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
 	}
 	attrs := []any{"traces", traces.String(), "metrics", metrics.String()}
 	if traces.Off == "" {
-		attrs = append(attrs, "sampler", samplerFromEnvName(os.Getenv))
+		attrs = append(attrs, "sampler", otelenv.SamplerName(os.Getenv))
 	}
 	if metrics.Off == "" {
-		attrs = append(attrs, "metric_interval", metricInterval(os.Getenv).String())
+		attrs = append(attrs, "metric_interval", otelenv.MetricInterval(os.Getenv).String())
 	}
 	e.log.Info("OTLP export", attrs...)
 	warned := map[string]bool{}
-	for _, t := range []OTLPTarget{traces, metrics} {
+	for _, t := range []otelenv.Target{traces, metrics} {
 		if t.Off != "" {
 			continue
 		}
-		if t.ProtocolWarning != "" && !warned[t.ProtocolWarning] {
-			warned[t.ProtocolWarning] = true
-			e.log.Warn(t.ProtocolWarning)
+		for _, w := range t.Warnings {
+			if !warned[w] {
+				warned[w] = true
+				e.log.Warn(w)
+			}
 		}
 		if t.NoScheme && !t.Insecure && !warned[t.Variable] {
 			warned[t.Variable] = true
@@ -189,25 +207,33 @@ func (e *Exporter) logTargets(traces, metrics OTLPTarget) {
 	}
 }
 
-func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
+func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
+	fast := cfg.SpanPath != SpanPathSDK
 	spanExp := cfg.SpanExporter
 	if spanExp == nil && target.Off == "" {
 		// The OTel clients read the OTEL_EXPORTER_OTLP_* settings; the
-		// endpoint is the one ResolveOTLP resolved. pgtrace's exporter
-		// encodes the spans (otlpExporter), as protobuf only.
-		var err error
-		if target.Protocol == "http/protobuf" {
+		// endpoint is the one otelenv.OTLP resolved. Both paths send
+		// protobuf (the client would read http/json from the variables).
+		var client fastspan.Client
+		if target.Protocol == otelenv.ProtocolHTTP {
 			opts := []otlptracehttp.Option{otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)}
 			if !target.Custom {
 				opts = append(opts, otlptracehttp.WithEndpointURL(target.URL))
 			}
-			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracehttp.NewClient(opts...), e.spanDelivery})
+			client = otlptracehttp.NewClient(opts...)
 		} else {
 			var opts []otlptracegrpc.Option
 			if !target.Custom {
 				opts = append(opts, otlptracegrpc.WithEndpointURL(target.URL))
 			}
-			spanExp, err = newOTLPExporter(ctx, deliveredTraces{otlptracegrpc.NewClient(opts...), e.spanDelivery})
+			client = otlptracegrpc.NewClient(opts...)
+		}
+		client = deliveredTraces{client, e.spanDelivery}
+		var err error
+		if fast {
+			spanExp, err = fastspan.NewExporter(ctx, client) // pgtrace's encoder
+		} else {
+			spanExp, err = otlptrace.New(ctx, client) // the OTel exporter
 		}
 		if err != nil {
 			return fmt.Errorf("export: OTLP span exporter: %w", err)
@@ -218,25 +244,32 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 		e.tracer = noop.NewTracerProvider().Tracer(ScopeName)
 		return nil
 	}
-	base, err := samplerFromEnv()
+	base, err := otelenv.Sampler(os.Getenv)
 	if err != nil {
 		e.log.Warn("invalid trace sampler configuration; using parentbased_always_on", "err", err)
-		base = sdktrace.ParentBased(sdktrace.AlwaysSample())
 	}
 	sampler := keepSampler{base: base}
-	// Statement spans are recycled when they reach nothing but the batcher
-	// and an exporter known to keep nothing of them: no user processor.
-	recycle := cfg.SpanProcessor == nil && keepsNoSpans(cfg.SpanExporter)
-	e.spans = newSpanSink(sampler, nil, res, cfg.Version, recycle)
+	scope := instrumentation.Scope{Name: ScopeName, Version: cfg.Version}
 
 	var procs []sdktrace.SpanProcessor
-	if spanExp != nil {
-		var release func(sdktrace.ReadOnlySpan)
-		if recycle {
-			release = e.spans.release
+	if fast {
+		// Statement spans are recycled when they reach nothing but the
+		// batcher and an exporter known to keep nothing of them: no user
+		// processor.
+		recycle := cfg.SpanProcessor == nil && keepsNoSpans(cfg.SpanExporter)
+		e.spans = fastspan.NewSink(sampler, res, scope, recycle)
+		if spanExp != nil {
+			var release func(sdktrace.ReadOnlySpan)
+			if recycle {
+				release = e.spans.Release
+			}
+			e.drops = fastspan.NewBatcher(spanExp, release, otelenv.BSP(os.Getenv)) // bounded; drops and counts
+			procs = append(procs, e.drops)
 		}
-		e.drops = newBatcher(spanExp, release) // bounded; drops and counts
-		procs = append(procs, e.drops)
+	} else if spanExp != nil {
+		// The SDK's batch span processor: bounded too, it drops when full
+		// (it does not block), but keeps its count to itself.
+		procs = append(procs, sdktrace.NewBatchSpanProcessor(spanExp, otelenv.BSP(os.Getenv).Options()...))
 	}
 	if cfg.SpanProcessor != nil {
 		procs = append(procs, cfg.SpanProcessor)
@@ -248,13 +281,18 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 	for _, p := range procs {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
-	// Transaction and connect spans go through the provider; statement
-	// spans are built whole and handed to the same processors (spanSink).
+	// Transaction and connect spans go through the provider, and on the
+	// SDK path statement spans too; on the fast path statement spans are
+	// built whole and handed to the same processors (fastspan.Sink).
 	e.tp = sdktrace.NewTracerProvider(opts...)
 	e.tracer = e.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(cfg.Version))
-	e.spans.procs = procs
-	// An application's transaction spans come from a provider of its own
-	// resource, feeding the same processors.
+	if e.spans != nil {
+		e.spans.SetProcessors(procs)
+	}
+	e.spansOn = true
+	// An application's spans (transaction spans, and statement spans on
+	// the SDK path) come from a provider of its own resource, feeding the
+	// same processors.
 	e.apps.newTracer = func(res *resource.Resource) (trace.Tracer, func(context.Context) error) {
 		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
 		for _, p := range procs {
@@ -269,25 +307,27 @@ func (e *Exporter) buildTracing(ctx context.Context, cfg Config, res *resource.R
 // keepsNoSpans reports whether exp, the configured span exporter (nil:
 // pgtrace's own OTLP exporter), is known to read the spans only while
 // ExportSpans runs and to keep none of them, nor their attribute slices,
-// once it returns. pgtrace's OTLP exporter (otlpExporter, over gRPC or
-// HTTP) encodes the batch before sending it, and retries with the encoded
-// request; the no-op exporter reads nothing.
+// once it returns: pgtrace's OTLP exporter (fastspan.Exporter, over gRPC
+// or HTTP), which encodes the batch before sending it and retries with
+// the encoded request, and any exporter that says so (TransientExporter).
 func keepsNoSpans(exp sdktrace.SpanExporter) bool {
 	switch exp.(type) {
-	case nil, *otlpExporter, *tracetest.NoopExporter, transientExporter:
+	case nil, *fastspan.Exporter, TransientExporter:
 		return true
 	}
 	return false
 }
 
-// transientExporter is implemented by test exporters that, like the OTLP
-// exporters, keep nothing of the spans once ExportSpans returns.
-type transientExporter interface {
+// TransientExporter is a span exporter that reads the spans only while
+// ExportSpans runs and keeps none of them, nor their attribute slices,
+// once it returns. Given as Config.SpanExporter on the fast span path, its
+// statement spans are recycled, as with pgtrace's OTLP exporter.
+type TransientExporter interface {
 	sdktrace.SpanExporter
-	keepsNoSpans()
+	KeepsNoSpans()
 }
 
-func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target OTLPTarget) error {
+func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.Resource, target otelenv.Target) error {
 	prom, err := otelprom.New(otelprom.WithRegisterer(e.reg))
 	if err != nil {
 		return fmt.Errorf("export: prometheus exporter: %w", err)
@@ -305,7 +345,7 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 	}
 	if target.Off == "" {
 		var exp sdkmetric.Exporter
-		if target.Protocol == "http/protobuf" {
+		if target.Protocol == otelenv.ProtocolHTTP {
 			var hopts []otlpmetrichttp.Option
 			if !target.Custom {
 				hopts = append(hopts, otlpmetrichttp.WithEndpointURL(target.URL))
@@ -321,9 +361,9 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 		if err != nil {
 			return fmt.Errorf("export: OTLP metric exporter: %w", err)
 		}
-		// The periodic reader reads OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT.
 		exp = deliveredMetrics{Exporter: exp, d: e.metricDelivery}
-		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+		opts = append(opts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp,
+			sdkmetric.WithInterval(otelenv.MetricInterval(os.Getenv)), sdkmetric.WithTimeout(otelenv.MetricTimeout(os.Getenv)))))
 	}
 	if cfg.MetricReader != nil {
 		opts = append(opts, sdkmetric.WithReader(cfg.MetricReader))
@@ -360,9 +400,7 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 		e.endTxLocked(cs, time.Now(), "closed")
 		delete(e.conns, id)
 	}
-	if e.spans != nil {
-		e.spans.procs = nil // the processors shut down with the provider
-	}
+	e.spansOn = false // the processors shut down with the provider
 	e.apps.shutdown(ctx)
 	e.mu.Unlock()
 	// Both flush at once, so that a dead collector's spans do not use up
@@ -391,32 +429,6 @@ func (e *Exporter) shutdownTracing(ctx context.Context) error {
 	return nil
 }
 
-// semconvLegacy reports whether spans carry the legacy database attributes
-// beside the stable ones, by OTEL_SEMCONV_STABILITY_OPT_IN (a comma list):
-// "database" asks for the stable ones only, "database/dup" for both. Unset,
-// pgtrace sends both, as it always has: SigNoz's DB views still key on
-// db.system and db.statement (docs/deploy.md lists which panel reads
-// which).
-func semconvLegacy(optIn string) bool {
-	legacy := true
-	for _, v := range strings.Split(optIn, ",") {
-		switch strings.TrimSpace(v) {
-		case "database/dup":
-			return true
-		case "database":
-			legacy = false
-		}
-	}
-	return legacy
-}
-
-func envInt(key string, def int) int {
-	if v, err := strconv.Atoi(strings.TrimSpace(os.Getenv(key))); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 func splitHostPort(addr string) (string, int) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -435,7 +447,7 @@ func (l slogPromLogger) Println(v ...any) { l.l.Error("prometheus handler", "err
 // ones it held back: a dead collector must not flood the log.
 type errorHandler struct {
 	log     *slog.Logger
-	targets []OTLPTarget // for hints
+	targets []otelenv.Target // for hints
 
 	mu         sync.Mutex
 	last       time.Time

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/dotmac/pgtrace/detector"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -18,10 +19,11 @@ type instruments struct {
 	createTime   metric.Float64Histogram // db.client.connection.create_time
 	txDuration   metric.Float64Histogram // pgtrace.transaction.duration
 	connsOpened  metric.Int64Counter     // pgtrace.connections.opened
-	slowQueries  metric.Int64Counter     // pgtrace.slow_queries
-	nPlusOne     metric.Int64Counter     // db.n_plus_one.detected
-	idleInTx     metric.Int64Counter     // pgtrace.idle_in_transaction
-	churn        metric.Int64Counter     // pgtrace.connection_churn
+	// findings counts each finding type in the counter detector.FindingTypes
+	// names for it (pgtrace.slow_queries, db.n_plus_one.detected, …), or
+	// in otherFindings, by type, when it names none.
+	findings      map[detector.FindingType]metric.Int64Counter
+	otherFindings metric.Int64Counter // pgtrace.findings
 
 	connCount     metric.Int64ObservableUpDownCounter // db.client.connection.count
 	eventsDropped metric.Int64ObservableCounter       // pgtrace.events.dropped
@@ -56,17 +58,17 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 	in.connsOpened, err = m.Int64Counter("pgtrace.connections.opened",
 		metric.WithUnit("{connection}"), metric.WithDescription("Upstream connections opened, by application and authentication outcome."))
 	add(err)
-	in.slowQueries, err = m.Int64Counter("pgtrace.slow_queries",
-		metric.WithUnit("{query}"), metric.WithDescription("Statements slower than the slow-query threshold."))
-	add(err)
-	in.nPlusOne, err = m.Int64Counter("db.n_plus_one.detected",
-		metric.WithUnit("{pattern}"), metric.WithDescription("N+1 query patterns detected (once per repeating group)."))
-	add(err)
-	in.idleInTx, err = m.Int64Counter("pgtrace.idle_in_transaction",
-		metric.WithUnit("{finding}"), metric.WithDescription("Sessions found idle in a transaction longer than the threshold."))
-	add(err)
-	in.churn, err = m.Int64Counter("pgtrace.connection_churn",
-		metric.WithUnit("{finding}"), metric.WithDescription("Connection churn findings."))
+	in.findings = make(map[detector.FindingType]metric.Int64Counter)
+	for _, fi := range detector.FindingTypes() {
+		if fi.Counter.Name == "" {
+			continue
+		}
+		in.findings[fi.Type], err = m.Int64Counter(fi.Counter.Name,
+			metric.WithUnit(fi.Counter.Unit), metric.WithDescription(fi.Counter.Description))
+		add(err)
+	}
+	in.otherFindings, err = m.Int64Counter("pgtrace.findings",
+		metric.WithUnit("{finding}"), metric.WithDescription("Findings of the types without a counter of their own, by pgtrace.finding.type."))
 	add(err)
 
 	in.connCount, err = m.Int64ObservableUpDownCounter("db.client.connection.count",
@@ -102,6 +104,18 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 		return fmt.Errorf("export: register callback: %w", err)
 	}
 	return nil
+}
+
+// countFinding counts one finding of type typ with opts: in its own
+// counter, or in pgtrace.findings with the type as an attribute.
+func (in *instruments) countFinding(ctx context.Context, typ detector.FindingType, opts ...metric.AddOption) {
+	if c, ok := in.findings[typ]; ok {
+		c.Add(ctx, 1, opts...)
+		return
+	}
+	// Attribute options merge: the statement's or the application's set,
+	// then the type.
+	in.otherFindings.Add(ctx, 1, append(opts[:len(opts):len(opts)], metric.WithAttributes(keyFindingType.String(string(typ))))...)
 }
 
 // observe reports the observable instruments; the SDK calls it on each

@@ -29,7 +29,8 @@ func TestStatementMetrics(t *testing.T) {
 	h.e.Statement(s1, detector.Verdict{})
 	s2 := stmt(qSelect, t0, 200*time.Millisecond, parentTC)
 	s2.Tags = &fingerprint.Tags{Tenant: "acme"}
-	h.e.Statement(s2, detector.Verdict{Slow: true, NPlusOne: true, NPlusOneDetected: true, NPlusOneCount: 5})
+	h.e.Statement(s2, detector.Verdict{Slow: true, NPlusOne: true, NPlusOneDetected: true, NPlusOneCount: 5,
+		Findings: []detector.Finding{{Type: detector.FindingSlowQuery}, {Type: detector.FindingNPlusOne}}})
 	h.e.Statement(failed(stmt(qInsert, t0, time.Millisecond, fingerprint.TraceContext{}), "23505", "dup"), detector.Verdict{})
 
 	m := h.metrics(t)
@@ -205,16 +206,26 @@ func TestConnectionSpansAndMetrics(t *testing.T) {
 	}
 }
 
+// TestFindingCounters: a finding made outside a statement is counted by
+// application in its type's counter (detector.FindingTypes); a type
+// without a counter of its own in pgtrace.findings, with its type, from a
+// statement's verdict with the statement's attributes.
 func TestFindingCounters(t *testing.T) {
 	clearOTelEnv(t)
 	h := newHarness(t, Config{})
+	const newType = detector.FindingType("session_state_in_transaction_pool")
+	if _, ok := detector.LookupFindingType(newType); ok {
+		t.Fatalf("%s is a known type: the test needs one without a counter", newType)
+	}
 	h.e.Finding(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api"})
 	h.e.Finding(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api"})
 	h.e.Finding(detector.Finding{Type: detector.FindingConnectionChurn, Application: "cron"})
-	h.e.Finding(detector.Finding{Type: detector.FindingSlowQuery, Application: "api"}) // counted from the verdict
+	h.e.Finding(detector.Finding{Type: newType, Application: "api"})
+	h.e.Statement(stmt(qSelect, t0, time.Millisecond, fingerprint.TraceContext{}),
+		detector.Verdict{Findings: []detector.Finding{{Type: newType}}})
 	m := h.metrics(t)
 	if _, ok := m["pgtrace.slow_queries"]; ok {
-		t.Errorf("a slow-query finding was counted; slow queries count from verdicts")
+		t.Errorf("a slow query was counted; none was found")
 	}
 	for name, want := range map[string]int64{"pgtrace.idle_in_transaction": 2, "pgtrace.connection_churn": 1} {
 		dps := m[name].Data.(metricdata.Sum[int64]).DataPoints
@@ -222,12 +233,21 @@ func TestFindingCounters(t *testing.T) {
 			t.Errorf("%s = %+v, want %d", name, dps, want)
 		}
 	}
+	got := map[string]int64{}
+	for _, dp := range m["pgtrace.findings"].Data.(metricdata.Sum[int64]).DataPoints {
+		a := setMap(dp.Attributes)
+		got[fmt.Sprint(a["pgtrace.finding.type"], "/", a["pgtrace.application"], "/", a["db.query.summary"])] = dp.Value
+	}
+	want := map[string]int64{string(newType) + "/api/<nil>": 1, string(newType) + "/api/SELECT users": 1}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("pgtrace.findings (-want +got):\n%s", diff)
+	}
 }
 
 func TestMetricsHandler(t *testing.T) {
 	clearOTelEnv(t)
 	h := newHarness(t, Config{Version: "1.2.3"})
-	h.e.Statement(stmt(qSelect, t0, 2*time.Millisecond, fingerprint.TraceContext{}), detector.Verdict{Slow: true})
+	h.e.Statement(stmt(qSelect, t0, 2*time.Millisecond, fingerprint.TraceContext{}), slowVerdict)
 	body := scrape(t, h.e)
 	for _, want := range []string{
 		`db_client_operation_duration_seconds_bucket{`,
@@ -267,7 +287,7 @@ func TestMetricsInvalidUTF8(t *testing.T) {
 	conn.Database, conn.Application = "d\xffb", "app\xfe"
 	bad.Conn = &conn
 	bad.Tags = &fingerprint.Tags{Tenant: "t\xff"}
-	h.e.Statement(bad, detector.Verdict{Slow: true})
+	h.e.Statement(bad, slowVerdict)
 	h.e.Statement(failed(stmt(query("SELECT", "caf\xe9", "SELECT caf\xe9", "00000000000000aa"), t0, time.Millisecond, fingerprint.TraceContext{}), "22021", "invalid byte sequence"), detector.Verdict{})
 	h.e.Conn(wire.Event{Kind: wire.ConnAuthenticated, Time: t0, Conn: conn, ConnectDuration: time.Millisecond})
 

@@ -3,19 +3,21 @@ package export
 import (
 	"context"
 	"log/slog"
+
+	"github.com/dotmac/pgtrace/internal/otelenv"
 )
 
 // sdkLogHandler carries the OTel SDK's own log lines (its global logger,
 // a logr.Logger) to pgtrace's logger and format, marked
 // component=opentelemetry-sdk. It drops one of them: the "parse url" error
 // the OTLP clients log for an endpoint without a scheme (127.0.0.1:4317),
-// which pgtrace resolved itself (ResolveOTLP) and passed to them as a URL.
+// which pgtrace resolved itself (otelenv.OTLP) and passed to them as a URL.
 type sdkLogHandler struct {
 	slog.Handler
 	skip map[string]bool // endpoints whose "parse url" errors are dropped
 }
 
-func newSDKLogHandler(h slog.Handler, targets ...OTLPTarget) slog.Handler {
+func newSDKLogHandler(h slog.Handler, targets ...otelenv.Target) slog.Handler {
 	skip := map[string]bool{}
 	for _, t := range targets {
 		if t.Off == "" && t.NoScheme {

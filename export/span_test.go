@@ -20,7 +20,7 @@ import (
 )
 
 // TestStatementSpanMatchesSDK checks that a statement span built by
-// spanSink is the span the SDK's Tracer would have recorded for the same
+// fastspan.Sink is the span the SDK's Tracer would have recorded for the same
 // statement — same parent, flags, trace state, kind, times, attributes,
 // events, links, status, dropped counts, resource and scope — under the
 // default span limits and under tight OTEL_SPAN_* limits.
@@ -112,7 +112,7 @@ func TestStatementSpanMatchesSDK(t *testing.T) {
 func sdkStatementSpan(t *testing.T, e *Exporter, s *detector.Statement, v detector.Verdict, txSpan trace.SpanContext) tracetest.SpanStub {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithResource(e.spans.res),
+	tp := sdktrace.NewTracerProvider(sdktrace.WithResource(e.spans.Resource()),
 		sdktrace.WithSampler(keepSampler{base: sdktrace.ParentBased(sdktrace.AlwaysSample())}),
 		sdktrace.WithSpanProcessor(rec))
 	defer tp.Shutdown(context.Background())
@@ -221,23 +221,5 @@ func TestRootIDs(t *testing.T) {
 	}
 	if len(traces) != 100 || len(spans) != 100 {
 		t.Errorf("%d trace ids and %d span ids for 100 roots, want all different", len(traces), len(spans))
-	}
-}
-
-func TestTruncate(t *testing.T) {
-	for _, tt := range []struct {
-		in   string
-		n    int
-		want string
-	}{
-		{"abc", 5, "abc"},
-		{"abcdef", 3, "abc"},
-		{"éééé", 2, "éé"},
-		{"a\xffbc", 2, "ab"},
-		{"abc", 0, ""},
-	} {
-		if got := truncate(tt.in, tt.n); got != tt.want {
-			t.Errorf("truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
-		}
 	}
 }

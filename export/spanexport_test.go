@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dotmac/pgtrace/detector"
+	"github.com/dotmac/pgtrace/export/internal/fastspan"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/wire"
 	"go.opentelemetry.io/otel/attribute"
@@ -101,7 +102,7 @@ func startSink(t *testing.T, protocol string) *traceSink {
 
 // otlpClient is the client pgtrace's exporter uses for protocol ("grpc"
 // or "http"), sending to addr without TLS.
-func otlpClient(protocol, addr string) traceClient {
+func otlpClient(protocol, addr string) fastspan.Client {
 	if protocol == "http" {
 		return otlptracehttp.NewClient(otlptracehttp.WithEndpoint(addr), otlptracehttp.WithInsecure())
 	}
@@ -125,9 +126,9 @@ func stockExporter(t testing.TB, protocol, addr string) sdktrace.SpanExporter {
 	return exp
 }
 
-func ourExporter(t testing.TB, client traceClient) *otlpExporter {
+func ourExporter(t testing.TB, client fastspan.Client) *fastspan.Exporter {
 	t.Helper()
-	exp, err := newOTLPExporter(context.Background(), client)
+	exp, err := fastspan.NewExporter(context.Background(), client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func clearCompression(t *testing.T) {
 
 // recordedStatementSpans are the spans of a few statements, failed, slow
 // and tagged ones among them, and of a connection's setup, as pgtrace
-// builds them (statementSpan, and SDK spans for the connection).
+// builds them (fastspan.Span, and SDK spans for the connection).
 func recordedStatementSpans(t testing.TB) []sdktrace.ReadOnlySpan {
 	t.Helper()
 	rec := tracetest.NewSpanRecorder()
@@ -449,7 +450,7 @@ func TestOTLPExporterInvalidUTF8(t *testing.T) {
 // reuseClient is a real OTLP client that remembers the span messages of
 // each upload, to see that the exporter reuses them.
 type reuseClient struct {
-	traceClient
+	fastspan.Client
 	mu    sync.Mutex
 	spans map[*tracepb.Span]int // uploads each message was in
 }
@@ -464,7 +465,7 @@ func (c *reuseClient) UploadTraces(ctx context.Context, rss []*tracepb.ResourceS
 		}
 	}
 	c.mu.Unlock()
-	return c.traceClient.UploadTraces(ctx, rss)
+	return c.Client.UploadTraces(ctx, rss)
 }
 
 // TestOTLPExporterReuseLeavesNothingBehind exports large batches, then
@@ -489,7 +490,7 @@ func TestOTLPExporterReuseLeavesNothingBehind(t *testing.T) {
 		t.Run(protocol, func(t *testing.T) {
 			stockSink, sink := startSink(t, protocol), startSink(t, protocol)
 			stock := stockExporter(t, protocol, stockSink.addr)
-			client := &reuseClient{traceClient: otlpClient(protocol, sink.addr), spans: map[*tracepb.Span]int{}}
+			client := &reuseClient{Client: otlpClient(protocol, sink.addr), spans: map[*tracepb.Span]int{}}
 			exp := ourExporter(t, client)
 			for _, b := range batches {
 				exportAndCompare(t, protocol, stock, stockSink, exp, sink, b)
@@ -548,29 +549,43 @@ func TestOTLPExporterReuseLeavesNothingBehind(t *testing.T) {
 }
 
 // TestOTLPExporterIsPgtraces checks that New exports through pgtrace's
-// exporter for both OTLP protocols, and that statement spans are then
-// recycled.
+// exporter for both OTLP protocols on the fast span path, and that
+// statement spans are then recycled; on the SDK path, through the SDK.
 func TestOTLPExporterIsPgtraces(t *testing.T) {
 	for _, protocol := range []string{"grpc", "http/protobuf"} {
-		t.Run(protocol, func(t *testing.T) {
-			clearOTelEnv(t)
-			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
-			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-			e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-				defer cancel()
-				_ = e.Shutdown(ctx)
-			}()
-			if _, ok := e.drops.exp.(*otlpExporter); !ok {
-				t.Errorf("span exporter is %T, want *otlpExporter", e.drops.exp)
-			}
-			if !e.spans.recycle {
-				t.Error("statement spans not recycled")
-			}
-		})
+		for _, path := range []string{"", SpanPathFast, SpanPathSDK} {
+			t.Run(protocol+"/"+path, func(t *testing.T) {
+				clearOTelEnv(t)
+				t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+				t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+				e, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), SpanPath: path})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+					defer cancel()
+					_ = e.Shutdown(ctx)
+				}()
+				if path == SpanPathSDK {
+					if e.spans != nil || e.drops != nil || e.tp == nil {
+						t.Errorf("SDK path: sink %v, batcher %v, provider %v", e.spans, e.drops, e.tp)
+					}
+					return
+				}
+				if e.drops == nil || e.spans == nil {
+					t.Fatal("no fast span path")
+				}
+				if _, ok := e.drops.Exporter().(*fastspan.Exporter); !ok {
+					t.Errorf("span exporter is %T, want *fastspan.Exporter", e.drops.Exporter())
+				}
+				if !e.spans.Recycles() {
+					t.Error("statement spans not recycled")
+				}
+			})
+		}
+	}
+	if _, err := New(context.Background(), Config{Logger: slog.New(slog.DiscardHandler), SpanPath: "slow"}); err == nil {
+		t.Error("span path \"slow\" accepted")
 	}
 }

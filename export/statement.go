@@ -84,7 +84,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	app := e.apps.of(s.Conn, s.Tags)
-	if e.spans == nil || e.spans.procs == nil {
+	if !e.spansOn {
 		// No span goes anywhere, or tracing is shut down: metrics only.
 		e.recordLocked(context.Background(), s, v, app)
 		return trace.SpanContext{}
@@ -147,7 +147,7 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 	}
 
 	sc := e.spanLocked(parent, link, cs.base, s, v, app)
-	e.recordLocked(e.spans.with(sc), s, v, app) // sampled spans become exemplars
+	e.recordLocked(e.spanContext(sc), s, v, app) // sampled spans become exemplars
 	if ends {
 		e.endTxLocked(cs, st.End, txOutcome(st, q))
 		if detector.TxChains(q) && !st.Failed() {
@@ -161,10 +161,14 @@ func (e *Exporter) StatementSpan(s *detector.Statement, v detector.Verdict) trac
 
 // txOutcome is how the transaction that st ended ended.
 func txOutcome(st *wire.Statement, q *fingerprint.Query) string {
+	var c fingerprint.TxControl
+	if q != nil {
+		c = q.TxControl
+	}
 	switch {
-	case q != nil && q.Operation == "ROLLBACK", st.Failed():
+	case c.RollsBack(), st.Failed():
 		return "rollback"
-	case q != nil && (q.Operation == "COMMIT" || q.Operation == "PREPARE TRANSACTION"):
+	case c.Ends():
 		return "commit" // endTxLocked makes it rollback for a failed transaction
 	}
 	return "ended" // the session went idle without a COMMIT or ROLLBACK pgtrace saw
@@ -243,24 +247,24 @@ func (e *Exporter) endTxLocked(cs *connState, end time.Time, outcome string) {
 
 // spanLocked builds the span of s under parent (a root when parent is
 // invalid) and, unless the sampler drops it, hands it to the span
-// processors (spanSink). It returns the span's context. link, when valid,
-// is a span it links to: its transaction's, when it is not its parent.
+// processors: through fastspan.Sink on the fast path, the application's
+// tracer on the SDK path. It returns the span's context. link, when
+// valid, is a span it links to: its transaction's, when it is not its
+// parent.
 //
 // The sampler sees only the keep reason as attributes; the others are
 // built only for a span that records, so an unsampled statement costs
 // little.
 func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.KeyValue, s *detector.Statement, v detector.Verdict, app *application) trace.SpanContext {
-	st, q := s.Stmt, s.Query
-	failed := st.Failed()
+	q := s.Query
 	name := systemPostgreSQL
 	if q != nil && q.Summary != "" {
 		name = q.Summary
 	}
-
 	var keep []attribute.KeyValue
 	if e.cfg.KeepSlowSpans {
 		switch {
-		case failed:
+		case s.Stmt.Failed():
 			keep = attrsKeepError
 		case v.Slow:
 			keep = attrsKeepSlow
@@ -268,53 +272,123 @@ func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.K
 			keep = attrsKeepNPlusOne
 		}
 	}
+	if e.spans == nil {
+		return e.sdkSpanLocked(parent, link, name, keep, base, s, v, app)
+	}
+
 	var links []trace.Link
 	if link.IsValid() {
 		links = []trace.Link{{SpanContext: link}}
 	}
-	sc, res := e.spans.sample(parent, name, trace.SpanKindClient, keep, links)
+	sc, res := e.spans.Sample(parent, name, trace.SpanKindClient, keep, links)
 	if res.Decision == sdktrace.Drop {
 		return sc
 	}
-
 	// The SDK's order: the sampler's attributes, the start attributes, the
 	// rest.
-	span := e.spans.newSpan()
-	a := append(span.attrs, res.Attributes...)
+	span := e.spans.NewSpan()
+	d := &span.Data
+	a := append(d.Attrs, res.Attributes...)
 	a = append(a, keep...)
-	span.attrs = e.statementAttrs(a, base, s, v)
-	span.name, span.sc, span.parent, span.kind = name, sc, parent, trace.SpanKindClient
-	span.res = e.apps.spanResource(app)
-	if span.res != nil {
-		span.attrs = append(span.attrs, attrPeerService) // the database, seen from the application's service
+	d.Attrs = e.spanAttrs(a, parent, base, s, v, app)
+	d.Name, d.SpanContext, d.Parent, d.Kind = name, sc, parent, trace.SpanKindClient
+	d.Resource = e.apps.spanResource(app) // nil: pgtrace's
+	d.Start, d.End = s.Stmt.Start, s.Stmt.End
+	d.Status = e.spanStatus(s.Stmt)
+	d.Events = e.spanEvents(d.Events, s.Stmt, v)
+	for _, l := range links {
+		d.Links = append(d.Links, sdktrace.Link{SpanContext: l.SpanContext})
+	}
+	e.spans.End(span)
+	return sc
+}
+
+// sdkSpanLocked is spanLocked on the SDK path: the same span, through the
+// application's tracer (or pgtrace's).
+func (e *Exporter) sdkSpanLocked(parent, link trace.SpanContext, name string, keep, base []attribute.KeyValue,
+	s *detector.Statement, v detector.Verdict, app *application,
+) trace.SpanContext {
+	st := s.Stmt
+	ctx := context.Background()
+	if parent.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, parent)
+	}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient), trace.WithTimestamp(st.Start)}
+	if len(keep) > 0 {
+		opts = append(opts, trace.WithAttributes(keep...))
+	}
+	if link.IsValid() {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: link}))
+	}
+	_, span := e.apps.txTracer(app, e.tracer).Start(ctx, name, opts...)
+	sc := span.SpanContext()
+	if !span.IsRecording() {
+		return sc
+	}
+	span.SetAttributes(e.spanAttrs(nil, parent, base, s, v, app)...)
+	if status := e.spanStatus(st); status.Code != codes.Unset {
+		span.SetStatus(status.Code, status.Description)
+	}
+	for _, ev := range e.spanEvents(nil, st, v) {
+		span.AddEvent(ev.Name, trace.WithTimestamp(ev.Time), trace.WithAttributes(ev.Attributes...))
+	}
+	span.End(trace.WithTimestamp(st.End))
+	return sc
+}
+
+// spanAttrs appends the attributes of the statement's span after the
+// sampler's and the start ones: the statement's, then the marks of where
+// it goes.
+func (e *Exporter) spanAttrs(a []attribute.KeyValue, parent trace.SpanContext, base []attribute.KeyValue,
+	s *detector.Statement, v detector.Verdict, app *application,
+) []attribute.KeyValue {
+	a = e.statementAttrs(a, base, s, v)
+	if e.apps.spanResource(app) != nil {
+		a = append(a, attrPeerService) // the database, seen from the application's service
 	}
 	if parent.IsValid() && !parent.IsSampled() {
 		// Kept (pgtrace.keep) though the application did not sample its
 		// span: the trace has this span without its parent.
-		span.attrs = append(span.attrs, attrParentUnsampled)
+		a = append(a, attrParentUnsampled)
 	}
-	span.start, span.end = st.Start, st.End
-	if failed {
-		msg := st.ErrorMessage
-		if !e.cfg.RawErrors {
-			msg = scrubError(msg)
-		}
-		span.status = sdktrace.Status{Code: codes.Error, Description: msg}
+	return a
+}
+
+// spanStatus is the status of st's span: an error, with PostgreSQL's
+// message (scrubbed unless Config.RawErrors), when it failed.
+func (e *Exporter) spanStatus(st *wire.Statement) sdktrace.Status {
+	if !st.Failed() {
+		return sdktrace.Status{}
 	}
+	msg := st.ErrorMessage
+	if !e.cfg.RawErrors {
+		msg = scrubError(msg)
+	}
+	return sdktrace.Status{Code: codes.Error, Description: msg}
+}
+
+// spanEvents appends the events of st's span to evs: the slow query, and
+// the execution that crossed the N+1 threshold.
+func (e *Exporter) spanEvents(evs []sdktrace.Event, st *wire.Statement, v detector.Verdict) []sdktrace.Event {
 	if v.Slow {
-		span.events = append(span.events, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
+		evs = append(evs, sdktrace.Event{Name: "pgtrace.slow_query", Time: st.End, Attributes: []attribute.KeyValue{
 			keyDurationMs.Float64(float64(st.Duration()) / float64(time.Millisecond)),
 			keySlowThresholdMs.Float64(float64(e.cfg.SlowThreshold) / float64(time.Millisecond))}})
 	}
 	if v.NPlusOneDetected {
-		span.events = append(span.events, sdktrace.Event{Name: "pgtrace.n_plus_one", Time: st.End, Attributes: []attribute.KeyValue{
+		evs = append(evs, sdktrace.Event{Name: "pgtrace.n_plus_one", Time: st.End, Attributes: []attribute.KeyValue{
 			keyNPlusOneCount.Int(v.NPlusOneCount)}})
 	}
-	for _, l := range links {
-		span.links = append(span.links, sdktrace.Link{SpanContext: l.SpanContext})
+	return evs
+}
+
+// spanContext returns a context carrying sc, for the metric records'
+// exemplars: the fast path's reused one, or a new one.
+func (e *Exporter) spanContext(sc trace.SpanContext) context.Context {
+	if e.spans != nil {
+		return e.spans.With(sc)
 	}
-	e.spans.end(span)
-	return sc
+	return trace.ContextWithSpanContext(context.Background(), sc)
 }
 
 // The start attributes the keep sampler reads; shared, never modified.
@@ -408,11 +482,10 @@ func (e *Exporter) recordLocked(ctx context.Context, s *detector.Statement, v de
 	if rows, ok := returnedRows(st); ok {
 		e.inst.returnedRows.Record(ctx, rows, ms.rec...)
 	}
-	if v.Slow {
-		e.inst.slowQueries.Add(ctx, 1, ms.add...)
-	}
-	if v.NPlusOneDetected {
-		e.inst.nPlusOne.Add(ctx, 1, ms.add...)
+	for i := range v.Findings {
+		// The statement's findings are counted with its attributes, and
+		// its span as exemplar.
+		e.inst.countFinding(ctx, v.Findings[i].Type, ms.add...)
 	}
 }
 

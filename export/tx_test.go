@@ -47,7 +47,7 @@ func TestTransactionSpan(t *testing.T) {
 			stmts: []*detector.Statement{
 				stmt(qBegin, t0, time.Millisecond, none),
 				stmt(qInsert, t0.Add(2*time.Millisecond), time.Millisecond, none),
-				stmt(&fingerprint.Query{Fingerprint: "00000000000000b3", Normalized: "ROLLBACK", Summary: "ROLLBACK", Operation: "ROLLBACK"},
+				stmt(&fingerprint.Query{Fingerprint: "00000000000000b3", Normalized: "ROLLBACK", Summary: "ROLLBACK", Operation: "ROLLBACK", TxControl: fingerprint.TxRollback},
 					t0.Add(4*time.Millisecond), time.Millisecond, none),
 			},
 			wantOutcome: "rollback",
@@ -202,7 +202,7 @@ func TestSweepLostConnections(t *testing.T) {
 
 func TestTransactionEndsOnFailure(t *testing.T) {
 	none := fingerprint.TraceContext{}
-	qRollbackTo := &fingerprint.Query{Fingerprint: "00000000000000b4", Normalized: "ROLLBACK TO SAVEPOINT s1", Summary: "ROLLBACK", Operation: "ROLLBACK"}
+	qRollbackTo := &fingerprint.Query{Fingerprint: "00000000000000b4", Normalized: "ROLLBACK TO SAVEPOINT s1", Summary: "ROLLBACK", Operation: "ROLLBACK", TxControl: fingerprint.TxRollbackTo}
 	tests := []struct {
 		name        string
 		stmts       func() []*detector.Statement
@@ -273,7 +273,7 @@ func TestTransactionEndsOnFailure(t *testing.T) {
 // must end, and no later transaction may be glued onto it.
 func TestTransactionEndsWhatPgtraceMissed(t *testing.T) {
 	none := fingerprint.TraceContext{}
-	qChain := &fingerprint.Query{Fingerprint: "00000000000000b5", Normalized: "COMMIT AND CHAIN", Summary: "COMMIT", Operation: "COMMIT"}
+	qChain := &fingerprint.Query{Fingerprint: "00000000000000b5", Normalized: "COMMIT AND CHAIN", Summary: "COMMIT", Operation: "COMMIT", TxControl: fingerprint.TxCommitAndChain}
 	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
 	// in builds a statement at sec seconds that left the session with
 	// status tx; last marks it the last of its batch.

@@ -470,6 +470,7 @@ func analyzeStatement(text string, stmt *pg.Node) *Query {
 	if stmt != nil {
 		q.Operation = statementOperation(stmt, text)
 		q.Tables = statementTables(stmt)
+		q.TxControl = treeTxControl(stmt)
 		if stmt.GetPrepareStmt() != nil {
 			if body, ok := prepareBody(text); ok {
 				q.Body = analyzeStatement(body, nil)
@@ -477,6 +478,7 @@ func analyzeStatement(text string, stmt *pg.Node) *Query {
 		}
 	} else {
 		q.Operation = lexOperation(text)
+		q.TxControl = lexTxControl(text)
 	}
 	q.finish()
 	return q
@@ -509,6 +511,7 @@ func fallbackQuery(text, parseErr string) *Query {
 		Normalized:  norm,
 		Operation:   lexOperation(text),
 		Tables:      lexTables(text),
+		TxControl:   lexTxControl(text),
 		ParseError:  parseErr,
 		Fallback:    true,
 	}
@@ -532,6 +535,7 @@ func truncatedQuery(text string, max int) *Query {
 		Normalized:  norm + " …",
 		Operation:   lexOperation(prefix),
 		Tables:      lexTables(prefix),
+		TxControl:   lexTxControl(prefix),
 		ParseError:  fmt.Sprintf("statement of %d bytes is longer than the %d-byte limit: not parsed", len(text), max),
 		Fallback:    true,
 		Truncated:   true,

@@ -41,9 +41,10 @@ type Query struct {
 	Operation   string // db.operation.name, e.g. "SELECT"
 	Collection  string // db.collection.name when exactly one table, else ""
 	Tables      []string
-	ParseError  string // why pg_query could not parse it; "" when it did
-	Fallback    bool   // Fingerprint and Normalized come from the lexer fallback
-	Truncated   bool   // longer than Config.MaxStatementLength: not parsed
+	TxControl   TxControl // what it does to the session's transaction
+	ParseError  string    // why pg_query could not parse it; "" when it did
+	Fallback    bool      // Fingerprint and Normalized come from the lexer fallback
+	Truncated   bool      // longer than Config.MaxStatementLength: not parsed
 	// Body is, for a PREPARE, the statement after its AS: what an EXECUTE
 	// of the name runs, and is counted as (as pg_stat_statements counts
 	// it). Nil for anything else.

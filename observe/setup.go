@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlplog/otlploggrpc"
@@ -39,20 +40,27 @@ import (
 //
 // Sampling is parent-based: a sampled parent's children are sampled; roots
 // are sampled with the ratio of WithSamplingRatio, else the sampler of
-// OTEL_TRACES_SAMPLER (read by the SDK), else OTEL_TRACES_SAMPLING_RATIO,
-// else always.
+// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else
+// OTEL_TRACES_SAMPLING_RATIO, else always.
 //
+// The OTEL_* variables are read as pgtrace reads them (internal/otelenv).
 // Each signal is exported with OTLP when an endpoint is set for it
-// (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT)
-// and OTEL_{TRACES,METRICS,LOGS}_EXPORTER is not "none", over gRPC or
-// HTTP as OTEL_EXPORTER_OTLP_PROTOCOL (or its per-signal variant) says:
-// "grpc", the default, or "http/protobuf". The exporters read the other
-// OTEL_EXPORTER_OTLP_* variables as the specification says; with
+// (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT),
+// OTEL_{TRACES,METRICS,LOGS}_EXPORTER is not "none" and OTEL_SDK_DISABLED
+// is not true, over gRPC or HTTP as OTEL_EXPORTER_OTLP_PROTOCOL (or its
+// per-signal variant) says: "grpc", the default, or "http/protobuf"; with
 // http/protobuf, OTEL_EXPORTER_OTLP_ENDPOINT is a base URL to which
-// /v1/traces, /v1/metrics and /v1/logs are appended. With no endpoint Setup
-// does not fail: the signal has no exporter (spans still get ids, so logs
-// and sqlcommenter comments still carry them). WithSpanExporter,
-// WithMetricReader and WithLogExporter add exporters of the caller's.
+// /v1/traces, /v1/metrics and /v1/logs are appended. The exporters read
+// the other OTEL_EXPORTER_OTLP_* variables (headers, certificates,
+// timeouts). A value Setup cannot honour does not fail it: as the
+// OpenTelemetry specification asks, it is replaced with a warning handed
+// to the OTel error handler (otel.Handle): http/json is sent as
+// http/protobuf, an unknown protocol as grpc, an exporter other than otlp
+// as otlp, an invalid sampler setting as the default. With no endpoint
+// Setup does not fail either: the signal has no exporter (spans still get
+// ids, so logs and sqlcommenter comments still carry them).
+// WithSpanExporter, WithMetricReader and WithLogExporter add exporters of
+// the caller's.
 func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) error, err error) {
 	c := newConfig(opts...)
 	var shutdowns []func(context.Context) error
@@ -71,38 +79,36 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	}()
 
 	e := env(os.Getenv)
-	// Every variable is checked before any exporter exists, so that a
-	// mistake fails fast, without a shutdown that waits on exporters.
-	var protos [3]string
-	for i, signal := range [...]string{"TRACES", "METRICS", "LOGS"} {
-		if protos[i], err = e.otlpProtocol(signal); err != nil {
-			return nil, err
+	getenv := otelenv.Getenv(e)
+	var targets [3]otelenv.Target
+	for i, signal := range [...]string{"traces", "metrics", "logs"} {
+		targets[i] = otelenv.OTLP(signal, getenv)
+		for _, w := range targets[i].Warnings {
+			otel.Handle(errors.New("observe: " + w))
 		}
 	}
 	res, err := newResource(ctx, c, e)
 	if err != nil {
 		return nil, err
 	}
-	sampler, err := newSampler(c, e)
+	sampler, err := newSampler(c, getenv)
 	if err != nil {
 		return nil, err
 	}
 
 	// Traces.
-	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	if sampler != nil {
-		tpOpts = append(tpOpts, sdktrace.WithSampler(sampler))
-	}
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithSampler(sampler)}
 	exporters := c.SpanExporters
-	if proto := protos[0]; proto != "" {
-		exp, err := newOTLPSpanExporter(ctx, proto)
+	if t := targets[0]; t.Off == "" {
+		exp, err := newOTLPSpanExporter(ctx, t)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP trace exporter (%s): %w", proto, err)
+			return nil, fmt.Errorf("observe: OTLP trace exporter (%s): %w", t, err)
 		}
 		exporters = append(exporters, exp)
 	}
+	bsp := otelenv.BSP(getenv).Options()
 	for _, exp := range exporters {
-		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp, bsp...))
 	}
 	tp := sdktrace.NewTracerProvider(tpOpts...)
 	shutdowns = append(shutdowns, tp.Shutdown)
@@ -112,12 +118,13 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	for _, r := range c.MetricReaders {
 		mpOpts = append(mpOpts, sdkmetric.WithReader(r))
 	}
-	if proto := protos[1]; proto != "" {
-		exp, err := newOTLPMetricExporter(ctx, proto)
+	if t := targets[1]; t.Off == "" {
+		exp, err := newOTLPMetricExporter(ctx, t)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP metric exporter (%s): %w", proto, err)
+			return nil, fmt.Errorf("observe: OTLP metric exporter (%s): %w", t, err)
 		}
-		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp)))
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp,
+			sdkmetric.WithInterval(otelenv.MetricInterval(getenv)), sdkmetric.WithTimeout(otelenv.MetricTimeout(getenv)))))
 	}
 	mp := sdkmetric.NewMeterProvider(mpOpts...)
 	shutdowns = append(shutdowns, mp.Shutdown)
@@ -125,10 +132,10 @@ func Setup(ctx context.Context, opts ...Option) (shutdown func(context.Context) 
 	// Logs.
 	lpOpts := []sdklog.LoggerProviderOption{sdklog.WithResource(res)}
 	logExporters := c.LogExporters
-	if proto := protos[2]; proto != "" {
-		exp, err := newOTLPLogExporter(ctx, proto)
+	if t := targets[2]; t.Off == "" {
+		exp, err := newOTLPLogExporter(ctx, t)
 		if err != nil {
-			return nil, fmt.Errorf("observe: OTLP log exporter (%s): %w", proto, err)
+			return nil, fmt.Errorf("observe: OTLP log exporter (%s): %w", t, err)
 		}
 		logExporters = append(logExporters, exp)
 	}
@@ -193,43 +200,69 @@ func newResource(ctx context.Context, c *config, e env) (*resource.Resource, err
 	return r, nil
 }
 
-// newSampler returns the sampler Setup passes to the SDK, or nil to let the
-// SDK read OTEL_TRACES_SAMPLER or use its default (parent-based, always on).
-func newSampler(c *config, e env) (sdktrace.Sampler, error) {
-	ratio := c.SamplingRatio
-	if ratio == nil {
-		r, err := e.samplingRatio()
-		if err != nil {
-			return nil, err
+// newSampler returns the sampler Setup passes to the SDK: the option's
+// ratio, parent-based, else what the OTEL_* variables say
+// (otelenv.Sampler; an invalid setting is a warning and the default).
+func newSampler(c *config, getenv otelenv.Getenv) (sdktrace.Sampler, error) {
+	if r := c.SamplingRatio; r != nil {
+		if *r < 0 || *r > 1 {
+			return nil, fmt.Errorf("observe: sampling ratio %v is not between 0 and 1", *r)
 		}
-		ratio = r
+		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(*r)), nil
 	}
-	if ratio == nil {
-		return nil, nil
+	s, err := otelenv.Sampler(getenv)
+	if err != nil {
+		otel.Handle(fmt.Errorf("observe: %w", err))
 	}
-	if *ratio < 0 || *ratio > 1 {
-		return nil, fmt.Errorf("observe: sampling ratio %v is not between 0 and 1", *ratio)
-	}
-	return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(*ratio)), nil
+	return s, nil
 }
 
-func newOTLPSpanExporter(ctx context.Context, proto string) (sdktrace.SpanExporter, error) {
-	if proto == protocolHTTP {
-		return otlptracehttp.New(ctx)
+// The OTLP exporters send where t says: the URL otelenv resolved, unless
+// the endpoint has a scheme the clients read themselves (unix:, dns:).
+
+func newOTLPSpanExporter(ctx context.Context, t otelenv.Target) (sdktrace.SpanExporter, error) {
+	if t.Protocol == otelenv.ProtocolHTTP {
+		// Protobuf whatever OTEL_EXPORTER_OTLP_PROTOCOL says: the client
+		// would read http/json from it.
+		opts := []otlptracehttp.Option{otlptracehttp.WithEncoding(otlptracehttp.EncodingProtobuf)}
+		if !t.Custom {
+			opts = append(opts, otlptracehttp.WithEndpointURL(t.URL))
+		}
+		return otlptracehttp.New(ctx, opts...)
 	}
-	return otlptracegrpc.New(ctx)
+	var opts []otlptracegrpc.Option
+	if !t.Custom {
+		opts = append(opts, otlptracegrpc.WithEndpointURL(t.URL))
+	}
+	return otlptracegrpc.New(ctx, opts...)
 }
 
-func newOTLPMetricExporter(ctx context.Context, proto string) (sdkmetric.Exporter, error) {
-	if proto == protocolHTTP {
-		return otlpmetrichttp.New(ctx)
+func newOTLPMetricExporter(ctx context.Context, t otelenv.Target) (sdkmetric.Exporter, error) {
+	if t.Protocol == otelenv.ProtocolHTTP {
+		var opts []otlpmetrichttp.Option
+		if !t.Custom {
+			opts = append(opts, otlpmetrichttp.WithEndpointURL(t.URL))
+		}
+		return otlpmetrichttp.New(ctx, opts...)
 	}
-	return otlpmetricgrpc.New(ctx)
+	var opts []otlpmetricgrpc.Option
+	if !t.Custom {
+		opts = append(opts, otlpmetricgrpc.WithEndpointURL(t.URL))
+	}
+	return otlpmetricgrpc.New(ctx, opts...)
 }
 
-func newOTLPLogExporter(ctx context.Context, proto string) (sdklog.Exporter, error) {
-	if proto == protocolHTTP {
-		return otlploghttp.New(ctx)
+func newOTLPLogExporter(ctx context.Context, t otelenv.Target) (sdklog.Exporter, error) {
+	if t.Protocol == otelenv.ProtocolHTTP {
+		var opts []otlploghttp.Option
+		if !t.Custom {
+			opts = append(opts, otlploghttp.WithEndpointURL(t.URL))
+		}
+		return otlploghttp.New(ctx, opts...)
 	}
-	return otlploggrpc.New(ctx)
+	var opts []otlploggrpc.Option
+	if !t.Custom {
+		opts = append(opts, otlploggrpc.WithEndpointURL(t.URL))
+	}
+	return otlploggrpc.New(ctx, opts...)
 }

@@ -128,11 +128,7 @@ func TestSetupErrors(t *testing.T) {
 		opts []observe.Option
 		want string
 	}{
-		{env: map[string]string{"OTEL_TRACES_SAMPLING_RATIO": "lots"}, want: "OTEL_TRACES_SAMPLING_RATIO"},
 		{opts: []observe.Option{observe.WithSamplingRatio(2)}, want: "not between 0 and 1"},
-		{env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, want: "OTEL_TRACES_EXPORTER"},
-		{env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, want: "OTEL_EXPORTER_OTLP_PROTOCOL"},
-		{env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "udp"}, want: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			restoreGlobals(t)
@@ -149,6 +145,64 @@ func TestSetupErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSetupWarnings: an OTEL_* value Setup cannot honour is replaced, as
+// pgtrace replaces it (internal/otelenv), with a warning to the OTel error
+// handler; Setup does not fail.
+func TestSetupWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"OTEL_TRACES_SAMPLING_RATIO": "lots"}, `sampler argument "lots"`},
+		{map[string]string{"OTEL_TRACES_SAMPLER": "bogus"}, `unsupported OTEL_TRACES_SAMPLER "bogus"`},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_EXPORTER": "zipkin"},
+			"OTEL_TRACES_EXPORTER=zipkin: only otlp and none are supported; sending OTLP"},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+			"OTEL_EXPORTER_OTLP_PROTOCOL=http/json: OTLP over http/json is not supported; sending http/protobuf"},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "udp"},
+			"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL=udp: unknown OTLP protocol; sending grpc"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			restoreGlobals(t)
+			clearOTelEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var h errorRecorder
+			otel.SetErrorHandler(&h)
+			t.Cleanup(func() { otel.SetErrorHandler(otel.ErrorHandlerFunc(func(error) {})) })
+			shutdown, err := observe.Setup(context.Background())
+			if err != nil {
+				t.Fatalf("Setup: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			_ = shutdown(ctx)
+			if !slices.ContainsFunc(h.errs(), func(e string) bool { return strings.Contains(e, tc.want) }) {
+				t.Errorf("warnings %q, want one containing %q", h.errs(), tc.want)
+			}
+		})
+	}
+}
+
+// errorRecorder is an OTel error handler that keeps what it is handed.
+type errorRecorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *errorRecorder) Handle(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, err.Error())
+}
+
+func (r *errorRecorder) errs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
 }
 
 func TestSetupOTLPEndpoint(t *testing.T) {
@@ -258,6 +312,12 @@ func TestSetupOTLPProtocols(t *testing.T) {
 			rcv := newHTTPReceiver(t)
 			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.URL())
 			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+			return rcv.received
+		}},
+		{name: "http/json is sent as http/protobuf", env: func(t *testing.T) func() map[string]int {
+			rcv := newHTTPReceiver(t)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.URL())
+			t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
 			return rcv.received
 		}},
 		{name: "http/protobuf per signal", env: func(t *testing.T) func() map[string]int {

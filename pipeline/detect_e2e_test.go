@@ -7,10 +7,7 @@ package pipeline_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -29,8 +26,7 @@ import (
 	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/internal/pgtest"
-	"github.com/dotmac/pgtrace/pipeline"
-	"github.com/dotmac/pgtrace/wire"
+	"github.com/dotmac/pgtrace/internal/testproxy"
 )
 
 // detectWait bounds every wait for the asynchronous stages (the relay's
@@ -41,16 +37,14 @@ const detectWait = 15 * time.Second
 // detectProxy is the relay with the whole pipeline behind it, the detector
 // reachable and spans recorded in memory.
 type detectProxy struct {
-	addr  string
+	*testproxy.Proxy
 	pg    *pgtest.Server
-	srv   *wire.Server
-	det   *detector.Detector
 	spans *tracetest.SpanRecorder
 }
 
 // startDetectProxy starts a relay in front of the test PostgreSQL with the
-// detector configured by dc (OnFinding is set here) and the pipeline's
-// ticker every tick. Spans go to an in-memory recorder only: OTLP is off.
+// detector configured by dc and the pipeline's ticker every tick. Spans go
+// to an in-memory recorder only: OTLP is off.
 func startDetectProxy(t *testing.T, dc detector.Config, tick time.Duration) *detectProxy {
 	t.Helper()
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -58,56 +52,17 @@ func startDetectProxy(t *testing.T, dc detector.Config, tick time.Duration) *det
 		t.Setenv(k, "")
 	}
 	pg := pgtest.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p := &detectProxy{pg: pg, spans: tracetest.NewSpanRecorder()}
-	analyzer := fingerprint.New(fingerprint.Config{})
-	p.srv = &wire.Server{Upstream: pg.Addr(), Logger: log}
-	exp, err := export.New(ctx, export.Config{
-		UpstreamAddr: pg.Addr(), SlowThreshold: dc.SlowThreshold, KeepSlowSpans: true, Logger: log, Version: "test",
-		DroppedEvents: p.srv.DroppedEvents, AnalyzerStats: analyzer.Stats, Connections: p.srv.Connections,
-		SpanProcessor: p.spans,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc.OnFinding = pipeline.FindingHandler(log, exp)
-	p.det = detector.New(dc)
-	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: p.det, Exporter: exp, Logger: log, TickInterval: tick})
-	p.srv.Observer = pl
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = lis.Addr().String()
-	served := make(chan error, 1)
-	ran := make(chan struct{})
-	go func() { served <- p.srv.Serve(ctx, lis) }()
-	go func() { defer close(ran); _ = pl.Run(ctx) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		if err := p.srv.Shutdown(sctx); err != nil {
-			t.Errorf("wire shutdown: %v", err)
-		}
-		cancel()
-		<-ran
-		if err := <-served; err != nil && !errors.Is(err, wire.ErrServerClosed) && !errors.Is(err, context.Canceled) {
-			t.Errorf("serve: %v", err)
-		}
-		if err := exp.Shutdown(sctx); err != nil {
-			t.Errorf("export shutdown: %v", err)
-		}
-	})
-	return p
+	spans := tracetest.NewSpanRecorder()
+	p := testproxy.Start(t, testproxy.Options{Upstream: pg.Addr(), Detector: dc, TickInterval: tick,
+		Export: export.Config{SlowThreshold: dc.SlowThreshold, KeepSlowSpans: true, SpanProcessor: spans}})
+	return &detectProxy{Proxy: p, pg: pg, spans: spans}
 }
 
 // connect opens a pgx connection through the proxy with application_name
 // app ("" for pgx's default, none).
 func (p *detectProxy) connect(t *testing.T, app string) *pgx.Conn {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(pgtest.DSNAt(p.addr, p.pg.User, p.pg.Password, p.pg.Database))
+	cfg, err := pgx.ParseConfig(pgtest.DSNAt(p.Addr, p.pg.User, p.pg.Password, p.pg.Database))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +84,7 @@ func (p *detectProxy) connect(t *testing.T, app string) *pgx.Conn {
 func (p *detectProxy) observed(t *testing.T, n uint64) {
 	t.Helper()
 	waitUntil(t, fmt.Sprintf("the detector to see %d statements", n), func() bool {
-		return p.det.Stats().Statements >= n
+		return p.Detector.Stats().Statements >= n
 	})
 }
 
@@ -140,13 +95,13 @@ func (p *detectProxy) findings(t *testing.T, typ detector.FindingType, match fun
 	var got []detector.Finding
 	waitUntil(t, fmt.Sprintf("a matching %s finding", typ), func() bool {
 		got = got[:0]
-		for _, f := range p.det.Findings(typ, time.Time{}) {
+		for _, f := range p.Detector.Findings(typ, time.Time{}) {
 			if match(f) {
 				got = append(got, f)
 			}
 		}
 		return len(got) > 0
-	}, func() string { return fmt.Sprintf("findings: %+v", p.det.Findings("", time.Time{})) })
+	}, func() string { return fmt.Sprintf("findings: %+v", p.Detector.Findings("", time.Time{})) })
 	return got
 }
 
@@ -246,7 +201,7 @@ func TestDetectNPlusOneUnderOneParentSpan(t *testing.T) {
 
 	want := lookupQuery()
 	found := p.findings(t, detector.FindingNPlusOne, func(f detector.Finding) bool { return f.Count == 10 })
-	all := p.det.Findings(detector.FindingNPlusOne, time.Time{})
+	all := p.Detector.Findings(detector.FindingNPlusOne, time.Time{})
 	if len(all) != 1 {
 		t.Fatalf("%d n_plus_one findings, want exactly 1: %+v", len(all), all)
 	}
@@ -298,7 +253,7 @@ func TestDetectNPlusOneUnderOneParentSpan(t *testing.T) {
 
 	// The admin API serves the same finding with exactly the documented keys.
 	mux := http.NewServeMux()
-	admin.RegisterAPI(mux, p.det, p.srv.Connections)
+	admin.RegisterAPI(mux, p.Detector, p.Server.Connections)
 	hs := httptest.NewServer(mux)
 	defer hs.Close()
 	resp, err := http.Get(hs.URL + "/api/findings?type=n_plus_one")
@@ -355,11 +310,11 @@ func TestDetectNoNPlusOne(t *testing.T) {
 			tps := tc.tps()
 			lookups(t, c, pgx.QueryExecModeExec, tps...)
 			p.observed(t, uint64(len(tps)))
-			if f := p.det.Findings(detector.FindingNPlusOne, time.Time{}); len(f) != 0 {
+			if f := p.Detector.Findings(detector.FindingNPlusOne, time.Time{}); len(f) != 0 {
 				t.Errorf("n_plus_one findings: %+v, want none", f)
 			}
 			// The statements were judged, and not as N+1s.
-			q := p.det.Queries(detector.SortCalls, 1)
+			q := p.Detector.Queries(detector.SortCalls, 1)
 			if len(q) != 1 || q[0].Calls != int64(len(tps)) {
 				t.Errorf("queries = %+v, want one fingerprint with %d calls", q, len(tps))
 			}
@@ -388,7 +343,7 @@ func TestDetectNPlusOneAcrossParentSpans(t *testing.T) {
 	lookups(t, c, pgx.QueryExecModeSimpleProtocol, tps...)
 	p.observed(t, 7)
 	p.findings(t, detector.FindingNPlusOne, func(f detector.Finding) bool { return f.Count == 7 })
-	all := p.det.Findings(detector.FindingNPlusOne, time.Time{})
+	all := p.Detector.Findings(detector.FindingNPlusOne, time.Time{})
 	if len(all) != 1 {
 		t.Fatalf("%d n_plus_one findings, want 1: %+v", len(all), all)
 	}
@@ -427,7 +382,7 @@ func TestDetectNPlusOneConnectionFallback(t *testing.T) {
 		!strings.Contains(f.Detail, "within one transaction") {
 		t.Errorf("fallback finding = %+v, want no trace, application batch-job, \"within one transaction\"", f)
 	}
-	if n := len(p.det.Findings(detector.FindingNPlusOne, time.Time{})); n != 1 {
+	if n := len(p.Detector.Findings(detector.FindingNPlusOne, time.Time{})); n != 1 {
 		t.Errorf("%d n_plus_one findings, want 1", n)
 	}
 }
@@ -517,7 +472,7 @@ func TestDetectConnectionChurn(t *testing.T) {
 	if f.Count < n {
 		t.Errorf("churn finding count = %d, want ≥ %d: %+v", f.Count, n, f)
 	}
-	for _, f := range p.det.Findings(detector.FindingConnectionChurn, time.Time{}) {
+	for _, f := range p.Detector.Findings(detector.FindingConnectionChurn, time.Time{}) {
 		if f.Application != "churny" {
 			t.Errorf("churn finding for %q: %+v", f.Application, f)
 		}

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os/exec"
 	"runtime"
@@ -14,13 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/export"
-	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
-	"github.com/dotmac/pgtrace/pipeline"
-	"github.com/dotmac/pgtrace/wire"
+	"github.com/dotmac/pgtrace/internal/testproxy"
 	"github.com/jackc/pgx/v5"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 )
@@ -28,17 +23,10 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // proxy is the whole observing proxy, as `pgtrace serve` assembles it, in
-// front of a real PostgreSQL.
+// front of a real PostgreSQL (internal/testproxy).
 type proxy struct {
-	addr     string
-	pg       *pgtest.Server
-	analyzer *fingerprint.Analyzer
-	exp      *export.Exporter
-	det      *detector.Detector
-	srv      *wire.Server
-	// flushMayFail: the exporter's final flush cannot succeed (a dead
-	// collector); its error is logged, not a test failure.
-	flushMayFail bool
+	*testproxy.Proxy
+	pg *pgtest.Server
 }
 
 func startProxy(t *testing.T, slow time.Duration) *proxy {
@@ -51,64 +39,14 @@ func startProxy(t *testing.T, slow time.Duration) *proxy {
 func startProxyWith(t *testing.T, slow time.Duration, configure func(*export.Config)) *proxy {
 	t.Helper()
 	pg := pgtest.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p := &proxy{pg: pg, analyzer: fingerprint.New(fingerprint.Config{})}
-	p.srv = &wire.Server{Upstream: pg.Addr(), Logger: log}
-	cfg := export.Config{
-		UpstreamAddr: pg.Addr(), SlowThreshold: slow, KeepSlowSpans: true, Logger: log, Version: "test",
-		DroppedEvents: p.srv.DroppedEvents, AnalyzerStats: p.analyzer.Stats, Connections: p.srv.Connections,
-	}
+	cfg := export.Config{SlowThreshold: slow, KeepSlowSpans: true}
 	if configure != nil {
 		configure(&cfg)
 	}
-	exp, err := export.New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.exp = exp
-	det := detector.New(detector.Config{SlowThreshold: slow, OnFinding: pipeline.FindingHandler(log, exp)})
-	p.det = det
-	pl := pipeline.New(pipeline.Config{Analyzer: p.analyzer, Detector: det, Exporter: exp, Logger: log})
-	p.srv.Observer = pl
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = lis.Addr().String()
-	served := make(chan error, 1)
-	go func() { served <- p.srv.Serve(ctx, lis) }()
-	go func() { _ = pl.Run(ctx) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		if err := p.srv.Shutdown(sctx); err != nil {
-			t.Errorf("wire shutdown: %v", err)
-		}
-		cancel()
-		if err := <-served; err != nil && !errors.Is(err, wire.ErrServerClosed) && !errors.Is(err, context.Canceled) {
-			t.Errorf("serve: %v", err)
-		}
-		if err := exp.Shutdown(sctx); err != nil {
-			if p.flushMayFail {
-				t.Logf("export shutdown (expected to fail): %v", err)
-			} else {
-				t.Errorf("export shutdown: %v", err)
-			}
-		}
-	})
-	return p
+	return &proxy{Proxy: testproxy.Start(t, testproxy.Options{Upstream: pg.Addr(), Export: cfg}), pg: pg}
 }
 
-func (p *proxy) dsn() string { return pgtest.DSNAt(p.addr, p.pg.User, p.pg.Password, p.pg.Database) }
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
+func (p *proxy) dsn() string { return pgtest.DSNAt(p.Addr, p.pg.User, p.pg.Password, p.pg.Database) }
 
 // newTraceparent returns a sampled traceparent with fresh ids.
 func newTraceparent() (header, traceID, spanID string) {
@@ -151,7 +89,7 @@ func TestEndToEndOTLP(t *testing.T) {
 	t.Run("pgx extended with traceparent", func(t *testing.T) {
 		tp, traceID, spanID := newTraceparent()
 		sql := "SELECT relname FROM pg_class WHERE oid = $1 /*traceparent='" + tp + "'*/"
-		res := p.analyzer.Analyze(sql)
+		res := p.Analyzer.Analyze(sql)
 		want := res.Query(0)
 		for range 5 {
 			var name string
@@ -268,7 +206,7 @@ func TestEndToEndOTLP(t *testing.T) {
 
 	t.Run("psql simple query", func(t *testing.T) {
 		tp, traceID, spanID := newTraceparent()
-		host, port, _ := net.SplitHostPort(p.addr)
+		host, port, _ := net.SplitHostPort(p.Addr)
 		cmd := exec.Command("psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", p.pg.User, "-d", p.pg.Database,
 			"-c", "SELECT count(*) FROM pg_namespace /*traceparent='"+tp+"'*/")
 		cmd.Env = append(cmd.Environ(), "PGPASSWORD="+p.pg.Password, "PGSSLMODE=disable")
@@ -344,7 +282,7 @@ func TestDeadCollectorThroughProxy(t *testing.T) {
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_on")
 	t.Setenv("OTEL_SDK_DISABLED", "")
 	p := startProxy(t, time.Second)
-	p.flushMayFail = true
+	p.FlushMayFail = true
 
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, p.dsn())
@@ -370,8 +308,8 @@ func TestDeadCollectorThroughProxy(t *testing.T) {
 	after := mean(1000)
 	heap1 := heapInuse()
 	t.Logf("query latency %v before the queues filled, %v after; %d spans dropped; heap %d → %d KiB",
-		before, after, p.exp.SpansDropped(), heap0>>10, heap1>>10)
-	if p.exp.SpansDropped() == 0 {
+		before, after, p.Exporter.SpansDropped(), heap0>>10, heap1>>10)
+	if p.Exporter.SpansDropped() == 0 {
 		t.Error("no spans dropped: the dead collector's queue never filled")
 	}
 	if after > 10*before+time.Millisecond {

@@ -14,8 +14,8 @@ import (
 )
 
 // Example shows how `pgtrace serve` assembles the stages: the exporter reads
-// the relay's counters, the detector reports findings through
-// FindingHandler, and the pipeline observes the relay's events.
+// the relay's counters, and the pipeline observes the relay's events and
+// hands the detector's findings to the exporter and the log.
 func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -36,10 +36,7 @@ func Example() {
 		log.Error("export", "err", err)
 		return
 	}
-	det := detector.New(detector.Config{
-		SlowThreshold: 100 * time.Millisecond,
-		OnFinding:     pipeline.FindingHandler(log, exp),
-	})
+	det := detector.New(detector.Config{SlowThreshold: 100 * time.Millisecond})
 	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: det, Exporter: exp, Logger: log})
 	srv.Observer = pl
 	go pl.Run(ctx) // the detector's ticker

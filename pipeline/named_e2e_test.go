@@ -45,7 +45,7 @@ func (p *proxy) nPlusOne(t *testing.T, traceID string, count int64) detector.Fin
 	var got detector.Finding
 	deadline := time.Now().Add(namedWait)
 	for {
-		for _, f := range p.det.Findings(detector.FindingNPlusOne, time.Time{}) {
+		for _, f := range p.Detector.Findings(detector.FindingNPlusOne, time.Time{}) {
 			if f.TraceID == traceID {
 				got = f
 			}
@@ -57,7 +57,7 @@ func (p *proxy) nPlusOne(t *testing.T, traceID string, count int64) detector.Fin
 	}
 	if got.Count != count {
 		t.Fatalf("N+1 finding of trace %s: %+v; want count %d (all findings: %+v)", traceID, got, count,
-			p.det.Findings("", time.Time{}))
+			p.Detector.Findings("", time.Time{}))
 	}
 	return got
 }
@@ -196,7 +196,7 @@ func TestNamedStatementsCarryTheirTraceContext(t *testing.T) {
 		checkParented(t, rcv, traceID, spanID, "SELECT pg_class", false)
 		// Counted as the statement it runs, under that statement's
 		// fingerprint, as pg_stat_statements counts it.
-		res := p.analyzer.Analyze("SELECT relname FROM pg_class WHERE oid = $1")
+		res := p.Analyzer.Analyze("SELECT relname FROM pg_class WHERE oid = $1")
 		want := res.Query(0).Fingerprint
 		for _, s := range rcv.WaitSpans(t, namedWait, 8, spanNamed(traceID, "SELECT pg_class")) {
 			if fp, _ := otlptest.Attr(s.GetAttributes(), "pgtrace.fingerprint"); fp != want {
@@ -271,7 +271,7 @@ func TestNamedStatementsCarryTheirTraceContext(t *testing.T) {
 		}
 		fp, _ := a["pgtrace.fingerprint"].(string)
 		var calls, n int64
-		for _, q := range p.det.Queries(detector.SortTotal, 0) {
+		for _, q := range p.Detector.Queries(detector.SortTotal, 0) {
 			if q.Fingerprint == fp {
 				calls, n = q.Calls, q.Rows
 			}
@@ -279,7 +279,7 @@ func TestNamedStatementsCarryTheirTraceContext(t *testing.T) {
 		if calls != 1 || n != 1000 {
 			t.Errorf("/api/queries: %d calls, %d rows; want 1 call of 1000 rows", calls, n)
 		}
-		for _, f := range p.det.Findings(detector.FindingNPlusOne, time.Time{}) {
+		for _, f := range p.Detector.Findings(detector.FindingNPlusOne, time.Time{}) {
 			if f.TraceID == traceID {
 				t.Errorf("a portal fetched in parts made an N+1 finding: %+v", f)
 			}
@@ -317,4 +317,3 @@ func TestAsyncpgStatementCache(t *testing.T) {
 		})
 	}
 }
-

@@ -1,8 +1,10 @@
 // Package pipeline joins the proxy's stages: it receives the relay's events
-// (as a wire.Observer), analyzes each statement's text (fingerprint), asks
-// the detector for a verdict, and hands both to the exporter; connection
-// events go to the detector and the exporter; slow queries and findings are
-// logged.
+// (as a wire.Observer), analyzes each statement's text (fingerprint),
+// decides its parent (parent.go), asks the detector for a verdict, and
+// hands both to the exporter; connection events go to the detector and the
+// exporter. Findings take one route: the detector returns them (in a
+// statement's Verdict, from ObserveConn and Tick) and the pipeline hands
+// each to the exporter, which counts it, and to the log.
 package pipeline
 
 import (
@@ -50,8 +52,7 @@ type Pipeline struct {
 
 var _ wire.Observer = (*Pipeline)(nil)
 
-// New returns a Pipeline over cfg's stages. Wire the detector's findings
-// with FindingHandler when creating the detector.
+// New returns a Pipeline over cfg's stages.
 func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -95,12 +96,14 @@ func (p *Pipeline) Observe(ev wire.Event) {
 		}
 	case wire.ConnOpened, wire.ConnAuthenticated, wire.ConnAuthFailed, wire.ConnClosed, wire.TxStatus:
 		p.connEvent(&ev)
+		var found []detector.Finding
 		if p.cfg.Detector != nil {
-			p.cfg.Detector.ObserveConn(ev)
+			found = p.cfg.Detector.ObserveConn(ev)
 		}
 		if p.cfg.Exporter != nil {
 			p.cfg.Exporter.Conn(ev)
 		}
+		p.report(found)
 	}
 }
 
@@ -124,12 +127,35 @@ func (p *Pipeline) statement(ev *wire.Event) {
 	if p.cfg.Detector != nil {
 		v = p.cfg.Detector.Observe(&o.ds)
 	}
+	// The exporter counts the statement's findings (v.Findings) with its
+	// metric attributes; the log gets them below.
 	var sc trace.SpanContext
 	if p.cfg.Exporter != nil {
 		sc = p.cfg.Exporter.StatementSpan(&o.ds, v)
 	}
-	if v.Slow {
-		p.logSlow(&o.ds, sc)
+	for i := range v.Findings {
+		f := &v.Findings[i]
+		if sc.IsSampled() {
+			// A statement without trace context got a root span: its
+			// findings name that trace, as the log line and the span do.
+			p.cfg.Detector.SetTraceID(f, sc.TraceID().String())
+		}
+		if f.Type == detector.FindingSlowQuery {
+			p.logSlow(&o.ds, sc)
+		} else {
+			p.logFinding(f)
+		}
+	}
+}
+
+// report hands findings made outside a statement to the exporter and the
+// log.
+func (p *Pipeline) report(found []detector.Finding) {
+	for i := range found {
+		if p.cfg.Exporter != nil {
+			p.cfg.Exporter.Finding(found[i])
+		}
+		p.logFinding(&found[i])
 	}
 }
 
@@ -161,7 +187,8 @@ func (p *Pipeline) logSlow(s *detector.Statement, sc trace.SpanContext) {
 	if s.Stmt.Failed() {
 		attrs = append(attrs, slog.String("sqlstate", s.Stmt.SQLState))
 	}
-	p.log.LogAttrs(context.Background(), slog.LevelWarn, "slow query", attrs...)
+	fi, _ := detector.LookupFindingType(detector.FindingSlowQuery)
+	p.log.LogAttrs(context.Background(), fi.Level, fi.Title, attrs...) // "slow query"
 }
 
 // Run calls the detector's Tick every TickInterval until ctx ends; it
@@ -177,43 +204,30 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	for {
 		select {
 		case now := <-t.C:
-			p.cfg.Detector.Tick(now)
+			p.report(p.cfg.Detector.Tick(now))
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// FindingHandler returns the detector.Config.OnFinding hook that logs a
-// finding and counts it with exp (either may be nil). Slow queries are
-// logged per statement by the Pipeline, with their span ids, so their
-// findings are not logged again here.
-func FindingHandler(log *slog.Logger, exp *export.Exporter) func(detector.Finding) {
-	if log == nil {
-		log = slog.Default()
+// logFinding writes a finding's log line, at its type's level
+// (detector.FindingTypes).
+func (p *Pipeline) logFinding(f *detector.Finding) {
+	level := slog.LevelWarn
+	if fi, ok := detector.LookupFindingType(f.Type); ok {
+		level = fi.Level
 	}
-	return func(f detector.Finding) {
-		if exp != nil {
-			exp.Finding(f)
-		}
-		if f.Type == detector.FindingSlowQuery {
-			return
-		}
-		level := slog.LevelWarn
-		if f.Type == detector.FindingConnectionChurn {
-			level = slog.LevelInfo
-		}
-		log.LogAttrs(context.Background(), level, "finding",
-			slog.String("type", string(f.Type)),
-			slog.String("trace_id", f.TraceID),
-			slog.String("parent_span_id", f.ParentSpanID),
-			slog.String("fingerprint", f.Fingerprint),
-			slog.String("query", f.Query),
-			slog.Int64("count", f.Count),
-			slog.Float64("total_duration_ms", f.TotalDurationMs),
-			slog.String("application", f.Application),
-			slog.String("detail", f.Detail))
-	}
+	p.log.LogAttrs(context.Background(), level, "finding",
+		slog.String("type", string(f.Type)),
+		slog.String("trace_id", f.TraceID),
+		slog.String("parent_span_id", f.ParentSpanID),
+		slog.String("fingerprint", f.Fingerprint),
+		slog.String("query", f.Query),
+		slog.Int64("count", f.Count),
+		slog.Float64("total_duration_ms", f.TotalDurationMs),
+		slog.String("application", f.Application),
+		slog.String("detail", f.Detail))
 }
 
 func clientAddr(c *wire.ConnInfo) string {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,11 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dotmac/pgtrace/admin"
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/pipeline"
 	"github.com/dotmac/pgtrace/wire"
+	"github.com/google/go-cmp/cmp"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -53,29 +59,31 @@ func (l *logBuf) records(t *testing.T) []map[string]any {
 }
 
 type unit struct {
-	pl    *pipeline.Pipeline
-	spans *tracetest.SpanRecorder
-	logs  *logBuf
-	det   *detector.Detector
+	pl     *pipeline.Pipeline
+	spans  *tracetest.SpanRecorder
+	reader *sdkmetric.ManualReader
+	logs   *logBuf
+	det    *detector.Detector
 }
 
 func newUnit(t *testing.T) *unit {
 	t.Helper()
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
-	u := &unit{spans: tracetest.NewSpanRecorder(), logs: &logBuf{}}
+	u := &unit{spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader(), logs: &logBuf{}}
 	log := slog.New(slog.NewJSONHandler(u.logs, nil))
 	exp, err := export.New(context.Background(), export.Config{
 		UpstreamAddr: "db:5432", SlowThreshold: 50 * time.Millisecond, KeepSlowSpans: true,
-		Logger: log, SpanProcessor: u.spans,
+		Logger: log, SpanProcessor: u.spans, MetricReader: u.reader,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = exp.Shutdown(context.Background()) })
-	u.det = detector.New(detector.Config{SlowThreshold: 50 * time.Millisecond, OnFinding: pipeline.FindingHandler(log, exp)})
+	u.det = detector.New(detector.Config{SlowThreshold: 50 * time.Millisecond, IdleInTxThreshold: time.Second})
 	u.pl = pipeline.New(pipeline.Config{
 		Analyzer: fingerprint.New(fingerprint.Config{}), Detector: u.det, Exporter: exp, Logger: log,
+		TickInterval: 10 * time.Millisecond,
 	})
 	return u
 }
@@ -105,7 +113,8 @@ func stmtEvent(text string, d time.Duration, mod func(*wire.Statement)) wire.Eve
 // own comment's trace context, else that of the text its named statement
 // was prepared with, else its transaction's, else none; spans and findings
 // agree on it. Every statement here is slow, so that each has a finding
-// naming the trace it was put in.
+// naming the trace it was put in: a statement without a parent, its own
+// root span's ("root" below), as its slow-query line does.
 func TestParentRule(t *testing.T) {
 	const (
 		traceID2 = "0af7651916cd43dd8448eb211c80319c"
@@ -133,7 +142,8 @@ func TestParentRule(t *testing.T) {
 		name   string
 		events []wire.Event
 		// want is, per statement span in order, its name and the trace
-		// and parent span ids its finding names ("" for none).
+		// and parent span ids its finding names ("" for none, "root" for
+		// the trace of the statement's own root span).
 		want []struct{ span, trace, parent string }
 	}{{
 		name: "every execution of a named statement",
@@ -153,7 +163,7 @@ func TestParentRule(t *testing.T) {
 			stmtEvent("EXECUTE q1(3)", slow, simple(execute("SELECT * FROM orders WHERE id = $1", false))),
 		},
 		want: []struct{ span, trace, parent string }{
-			{"SELECT users", traceID, spanID}, {"SELECT users", traceID2, spanID2}, {"SELECT orders", "", ""},
+			{"SELECT users", traceID, spanID}, {"SELECT users", traceID2, spanID2}, {"SELECT orders", "root", ""},
 		},
 	}, {
 		name: "in a transaction, the transaction's context; after it, none",
@@ -176,7 +186,7 @@ func TestParentRule(t *testing.T) {
 			{"SELECT items", traceID, spanID},
 			{"SELECT carts", traceID2, spanID2}, // its statement's own text wins
 			{"COMMIT", traceID, spanID},
-			{"SELECT items", "", ""},
+			{"SELECT items", "root", ""},
 		},
 	}}
 	for _, tt := range tests {
@@ -205,6 +215,12 @@ func TestParentRule(t *testing.T) {
 			}
 			for i, w := range tt.want {
 				f := findings[i]
+				if w.trace == "root" {
+					w.trace = spans[i].SpanContext().TraceID().String()
+					if spans[i].Parent().IsValid() {
+						t.Errorf("statement %d: span has parent %v, want a root", i, spans[i].Parent())
+					}
+				}
 				if spans[i].Name() != w.span || f.TraceID != w.trace || f.ParentSpanID != w.parent {
 					t.Errorf("statement %d: span %q, finding trace %q parent %q; want %q, %q, %q",
 						i, spans[i].Name(), f.TraceID, f.ParentSpanID, w.span, w.trace, w.parent)
@@ -300,14 +316,83 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-func TestFindingHandler(t *testing.T) {
-	var buf logBuf
-	h := pipeline.FindingHandler(slog.New(slog.NewJSONHandler(&buf, nil)), nil)
-	h(detector.Finding{Type: detector.FindingSlowQuery, Fingerprint: "aa"})
-	h(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api", Detail: "idle 12s"})
-	recs := buf.records(t)
-	if len(recs) != 1 || recs[0]["type"] != "idle_in_transaction" || recs[0]["level"] != "WARN" {
-		t.Errorf("records = %v, want one WARN idle_in_transaction (slow queries are logged per statement)", recs)
+// TestFindingsOneRoute: every finding reaches the exporter and the log
+// through the pipeline: a statement's from its verdict, a connection's from
+// ObserveConn, a transaction left idle from the ticker's Tick; a slow
+// statement without trace context names, in its log line, its finding and
+// on the admin API alike, the trace of the root span exported for it.
+func TestFindingsOneRoute(t *testing.T) {
+	u := newUnit(t)
+	u.pl.Observe(stmtEvent("SELECT * FROM orders WHERE id = 1", 120*time.Millisecond, nil))
+	ended := u.spans.Ended()
+	if len(ended) != 1 || ended[0].Parent().IsValid() {
+		t.Fatalf("spans %v, want one root", ended)
+	}
+	root := ended[0].SpanContext().TraceID().String()
+	var slow []map[string]any
+	for _, r := range u.logs.records(t) {
+		if r["msg"] == "slow query" {
+			slow = append(slow, r)
+		}
+	}
+	fs := u.det.Findings(detector.FindingSlowQuery, time.Time{})
+	if len(slow) != 1 || slow[0]["trace_id"] != root || len(fs) != 1 || fs[0].TraceID != root {
+		t.Errorf("slow-query line %v and finding %+v, want both in the root span's trace %s", slow, fs, root)
+	}
+	api := httptest.NewRecorder()
+	mux := http.NewServeMux()
+	admin.RegisterAPI(mux, u.det, nil)
+	mux.ServeHTTP(api, httptest.NewRequest(http.MethodGet, "/api/findings?type=slow_query", nil))
+	if !strings.Contains(api.Body.String(), `"trace_id": "`+root+`"`) {
+		t.Errorf("/api/findings does not name trace %s:\n%s", root, api.Body.String())
+	}
+
+	// Ten short connections of one application make churn (ObserveConn).
+	for i := range 10 {
+		c := conn
+		c.ID, c.Application = uint64(100+i), "cron"
+		u.pl.Observe(wire.Event{Kind: wire.ConnOpened, Time: t0, Conn: c})
+		u.pl.Observe(wire.Event{Kind: wire.ConnClosed, Time: t0.Add(time.Duration(i) * time.Millisecond), Conn: c, Side: wire.SideClient})
+	}
+	// A transaction left open is found idle by the ticker (Tick).
+	u.pl.Observe(stmtEvent("BEGIN", time.Millisecond, func(s *wire.Statement) { s.TxStatus, s.CommandTag = wire.TxInBlock, "BEGIN" }))
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = u.pl.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(u.det.Findings(detector.FindingIdleInTransaction, time.Time{})) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-ran
+
+	levels := map[string]string{}
+	for _, r := range u.logs.records(t) {
+		if r["msg"] == "finding" {
+			levels[r["type"].(string)] = r["level"].(string)
+		}
+	}
+	if diff := cmp.Diff(map[string]string{"connection_churn": "INFO", "idle_in_transaction": "WARN"}, levels); diff != "" {
+		t.Errorf("finding lines by type (-want +got):\n%s", diff)
+	}
+	counted := map[string]int64{}
+	var rm metricdata.ResourceMetrics
+	if err := u.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok {
+				for _, dp := range sum.DataPoints {
+					counted[m.Name] += dp.Value
+				}
+			}
+		}
+	}
+	for _, name := range []string{"pgtrace.slow_queries", "pgtrace.connection_churn", "pgtrace.idle_in_transaction"} {
+		if counted[name] != 1 {
+			t.Errorf("%s = %d, want 1 (all counted: %v)", name, counted[name], counted)
+		}
 	}
 }
 
@@ -344,7 +429,7 @@ func BenchmarkObserveStatement(b *testing.B) {
 			b.Setenv("OTEL_TRACES_SAMPLER", bc.sampler)
 			log := slog.New(slog.DiscardHandler)
 			exp, err := export.New(context.Background(), export.Config{UpstreamAddr: "db:5432", Logger: log,
-				SpanExporter: tracetest.NewNoopExporter(), KeepSlowSpans: true, SlowThreshold: time.Second})
+				SpanExporter: discardSpans{}, KeepSlowSpans: true, SlowThreshold: time.Second})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -368,6 +453,15 @@ func BenchmarkObserveStatement(b *testing.B) {
 		})
 	}
 }
+
+// discardSpans is a span exporter that reads nothing and keeps nothing
+// (export.TransientExporter: statement spans are recycled, as with the
+// OTLP exporter).
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }
+func (discardSpans) KeepsNoSpans()                                              {}
 
 func processCPU() time.Duration {
 	var ru syscall.Rusage

@@ -358,12 +358,10 @@ func (srv *Server) emit(e *Event) {
 // thread wake-up). An observer that keeps up sees an event at most about
 // this much later.
 //
-// Ten milliseconds rather than one: each pause ends in a timer wake-up and
-// the runtime's search for work before the next sleep, and at 1 ms that
-// search (runtime.findRunnable, on the threads other than the loops') cost
-// 6–7 µs of CPU per transaction under pgbench -S -c 16; at 10 ms, 2–3 µs
-// (perf record, three alternating rounds, 2026-11-26; bench/RESULTS.md).
-// The queue holds 65,536 events, far more than 10 ms of traffic.
+// Ten milliseconds rather than one, because each pause ends in the
+// runtime's search for work, which at 1 ms cost several µs of CPU per
+// transaction (bench/RESULTS.md, "The dispatcher's pause"); the queue
+// holds 65,536 events, far more than 10 ms of traffic.
 const dispatchPause = 10 * time.Millisecond
 
 // dispatch calls the Observer for each queued event, in queue order, until

@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/dotmac/pgtrace/export"
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -235,20 +235,34 @@ func checkFree(name, addr, flag string) checkResult {
 	return r
 }
 
-// checkOTLP probes each signal's OTLP endpoint, as export.ResolveOTLP
-// reads the OTEL_* variables (so as the exporters will send): traces and
-// metrics separately, because a collector may take one and not the other
-// (Jaeger takes traces only).
+// checkOTLP probes each signal's OTLP endpoint, as otelenv.OTLP reads the
+// OTEL_* variables (so as the exporters will send): traces and metrics
+// separately, because a collector may take one and not the other (Jaeger
+// takes traces only). A signal switched off (OTEL_TRACES_EXPORTER=none)
+// is not probed.
 func checkOTLP(ctx context.Context, timeout time.Duration, getenv func(string) string) []checkResult {
-	traces, metrics := export.ResolveOTLP("traces", getenv), export.ResolveOTLP("metrics", getenv)
+	traces, metrics := otelenv.OTLP("traces", getenv), otelenv.OTLP("metrics", getenv)
 	if traces.Off != "" && traces.Off == metrics.Off {
 		return []checkResult{{Name: "otlp", OK: true, Info: true,
 			Msg: "no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT unset or OTEL_SDK_DISABLED=true): traces and metrics stay off, /metrics still works"}}
 	}
-	return []checkResult{checkOTLPSignal(ctx, timeout, traces), checkOTLPSignal(ctx, timeout, metrics)}
+	var rs []checkResult
+	said := map[string]bool{}
+	for _, t := range []otelenv.Target{traces, metrics} {
+		// What the variables asked for and pgtrace does otherwise
+		// (http/json sent as http/protobuf), once.
+		for _, w := range t.Warnings {
+			if !said[w] {
+				said[w] = true
+				rs = append(rs, checkResult{Name: t.Signal, OK: true, Info: true, Msg: w})
+			}
+		}
+		rs = append(rs, checkOTLPSignal(ctx, timeout, t))
+	}
+	return rs
 }
 
-func checkOTLPSignal(ctx context.Context, timeout time.Duration, t export.OTLPTarget) checkResult {
+func checkOTLPSignal(ctx context.Context, timeout time.Duration, t otelenv.Target) checkResult {
 	r := checkResult{Name: t.Signal}
 	if t.Off != "" {
 		r.OK, r.Info = true, true
@@ -257,7 +271,7 @@ func checkOTLPSignal(ctx context.Context, timeout time.Duration, t export.OTLPTa
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if t.Protocol == "http/protobuf" {
+	if t.Protocol == otelenv.ProtocolHTTP {
 		return probeOTLPHTTP(ctx, t)
 	}
 	return probeOTLPGRPC(ctx, t)
@@ -269,7 +283,7 @@ func refusedFix(signal string) string {
 		"or point OTEL_EXPORTER_OTLP_%s_ENDPOINT at one that does", signal, strings.ToUpper(signal), strings.ToUpper(signal))
 }
 
-func probeOTLPGRPC(ctx context.Context, t export.OTLPTarget) checkResult {
+func probeOTLPGRPC(ctx context.Context, t otelenv.Target) checkResult {
 	r := checkResult{Name: t.Signal}
 	target := t.URL
 	if u, err := url.Parse(t.URL); err == nil && !t.Custom {
@@ -310,7 +324,7 @@ func probeOTLPGRPC(ctx context.Context, t export.OTLPTarget) checkResult {
 	return r
 }
 
-func probeOTLPHTTP(ctx context.Context, t export.OTLPTarget) checkResult {
+func probeOTLPHTTP(ctx context.Context, t otelenv.Target) checkResult {
 	r := checkResult{Name: t.Signal}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL, strings.NewReader(""))
 	if err != nil {

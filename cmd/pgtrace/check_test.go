@@ -118,6 +118,21 @@ func TestCheck(t *testing.T) {
 			want:     []string{"PASS  traces    grpc " + tracesOnly, "INFO  metrics   OTLP metrics off (OTEL_METRICS_EXPORTER=none)"},
 		},
 		{
+			name:     "traces switched off",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://" + dead, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": receiver.Endpoint(), "OTEL_TRACES_EXPORTER": "none"},
+			wantCode: 0,
+			want:     []string{"INFO  traces    OTLP traces off (OTEL_TRACES_EXPORTER=none)", "PASS  metrics   grpc " + receiver.Addr()},
+		},
+		{
+			name:     "protocol replaced",
+			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
+			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.Endpoint(), "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"},
+			wantCode: 0,
+			want: []string{"INFO  traces    OTEL_EXPORTER_OTLP_PROTOCOL=thrift: unknown OTLP protocol; sending grpc",
+				"PASS  traces    grpc " + receiver.Addr(), "PASS  metrics   grpc " + receiver.Addr()},
+		},
+		{
 			name:     "endpoint without a scheme",
 			args:     []string{"--upstream", pg.Addr(), "--listen", "", "--admin-listen", ""},
 			env:      map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.Addr(), "OTEL_EXPORTER_OTLP_INSECURE": "true"},
@@ -141,7 +156,7 @@ func TestCheck(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED", "PGUSER", "PGPASSWORD", "PGDATABASE",
+			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_SDK_DISABLED", "PGUSER", "PGPASSWORD", "PGDATABASE",
 				"OTEL_METRICS_EXPORTER", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 				t.Setenv(k, "")
 			}

@@ -85,6 +85,7 @@ type config struct {
 	MaxApplications  int
 	MetricsHistogram string // explicit|exponential
 	ExportRawErrors  bool
+	SpanPath         string // fast|sdk
 }
 
 var (
@@ -94,6 +95,7 @@ var (
 
 	serviceNameFroms  = []string{"application_name", "sqlcommenter", "none"}
 	metricsHistograms = []string{"explicit", "exponential"}
+	spanPaths         = []string{"fast", "sdk"}
 )
 
 // Flag categories, as --help groups them.
@@ -282,8 +284,8 @@ func (c *config) flags() []cli.Flag {
 		},
 		&cli.StringFlag{
 			Name: "auth-type", Value: "scram-sha-256", Destination: &c.AuthType, EnvVars: env("auth-type"), Category: catPooling,
-			Usage: "how clients prove their password in pooled modes: scram-sha-256 (md5 only for md5 secrets) or md5 " +
-				"(SCRAM for SCRAM secrets), as PgBouncer's auth_type",
+			Usage: "how clients prove their password in pooled modes, as PgBouncer's auth_type: scram-sha-256 " +
+				"(users need a SCRAM secret or a plain password in --auth-file) or md5 (SCRAM still for SCRAM secrets)",
 		},
 		&cli.DurationFlag{
 			Name: "pool-wait-span-threshold", Value: time.Millisecond, Destination: &c.PoolWaitSpanThreshold, EnvVars: env("pool-wait-span-threshold"), Category: catPooling,
@@ -310,6 +312,12 @@ func (c *config) flags() []cli.Flag {
 			Name: "export-raw-errors", Destination: &c.ExportRawErrors, EnvVars: env("export-raw-errors"), Category: catExport,
 			Usage: "export PostgreSQL's error messages as they are; by default the values quoted in them (the literal a statement " +
 				"failed on) are replaced by \"?\", and the SQLSTATE and the names of relations, columns and constraints are kept",
+		},
+		&cli.StringFlag{
+			Name: "span-path", Value: "fast", Destination: &c.SpanPath, EnvVars: env("span-path"), Category: catExport,
+			Usage: "how statement spans are built and sent: fast (built whole and encoded by pgtrace, a fraction of the CPU " +
+				"per sampled statement) or sdk (the OpenTelemetry SDK's tracer, batch span processor and OTLP exporter); " +
+				"both send the same spans, and pgtrace.spans.dropped counts drops on the fast path only",
 		},
 	}
 }
@@ -403,6 +411,9 @@ func (c *config) validate() error {
 	}
 	if !slices.Contains(metricsHistograms, c.MetricsHistogram) {
 		bad("--metrics-histogram: %q is not one of %s", c.MetricsHistogram, strings.Join(metricsHistograms, ", "))
+	}
+	if !slices.Contains(spanPaths, c.SpanPath) {
+		bad("--span-path: %q is not one of %s", c.SpanPath, strings.Join(spanPaths, ", "))
 	}
 	if len(errs) <= 1 {
 		return errors.Join(errs...)

@@ -65,6 +65,7 @@ func defaults() config {
 		ServiceNameFrom:            "application_name",
 		MaxApplications:            100,
 		MetricsHistogram:           "explicit",
+		SpanPath:                   "fast",
 	}
 }
 
@@ -89,7 +90,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				"--event-queue-size=8", "--log-format=text", "--log-level=debug",
 				"--slow-query-threshold=2s", "--n-plus-one-threshold=10", "--n-plus-one-window=3s",
 				"--n-plus-one-min-duration=5ms", "--idle-in-transaction-threshold=1m", "--max-fingerprints=7",
-				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false"},
+				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false", "--span-path=sdk"},
 			want: func(c *config) {
 				c.AdminListen = ""
 				c.DialTimeout = 250 * time.Millisecond
@@ -103,6 +104,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				c.MaxFingerprints, c.FingerprintCacheSize = 7, 9
 				c.TenantTag = "org"
 				c.KeepSlowSpans = false
+				c.SpanPath = "sdk"
 			},
 		},
 		{
@@ -218,6 +220,7 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"--admin-token: the token must be printable ASCII without spaces"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
+		{"span path", []string{"--span-path", "slow"}, nil, []string{`--span-path: "slow" is not one of fast, sdk`}},
 		{"negative cap", []string{"--max-client-connections", "-1"}, nil, []string{"--max-client-connections: must be 0 (no cap) or more"}},
 		{"zero dial timeout", []string{"--dial-timeout", "0s"}, nil, []string{"--dial-timeout: must be positive"}},
 		{"negative grace", []string{"--shutdown-timeout", "-1s"}, nil, []string{"--shutdown-timeout: must not be negative"}},

@@ -14,7 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/dotmac/pgtrace/export"
+	"github.com/dotmac/pgtrace/internal/otelenv"
+	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
 )
 
@@ -82,7 +83,7 @@ func TestJaegerWithoutMetrics(t *testing.T) {
 	} {
 		t.Run(tt.protocol, func(t *testing.T) {
 			otlpTestEnv(t, tt.endpoint, tt.protocol)
-			traces, metrics := export.ResolveOTLP("traces", os.Getenv), export.ResolveOTLP("metrics", os.Getenv)
+			traces, metrics := otelenv.OTLP("traces", os.Getenv), otelenv.OTLP("metrics", os.Getenv)
 			p := startPgtrace(t, "--upstream", pg.Addr())
 			start := p.logs.find("OTLP export")
 			if len(start) != 1 || start[0].str("traces") != traces.String() || start[0].str("metrics") != metrics.String() ||
@@ -193,5 +194,34 @@ func TestShutdownWithDeadCollector(t *testing.T) {
 	}
 	if len(p.logs.find("observation pipeline did not shut down cleanly")) > 0 {
 		t.Errorf("the old multi-line error is still logged:\n%s", p.logs)
+	}
+}
+
+// TestSpanPathFlag: with --span-path fast and sdk alike, a statement's
+// span reaches the collector under its parent, named by its summary, with
+// its normalized text.
+func TestSpanPathFlag(t *testing.T) {
+	pg := pgtest.Start(t)
+	for _, path := range []string{"fast", "sdk"} {
+		t.Run(path, func(t *testing.T) {
+			rcv := otlptest.Start(t)
+			otlpTestEnv(t, rcv.Endpoint(), "grpc")
+			p := startPgtrace(t, "--upstream", pg.Addr(), "--span-path", path)
+			traceID, parentID := runTracedQuery(t, p.ready.str("listen"), pg)
+			spans := rcv.WaitSpans(t, 20*time.Second, 1, func(s otlptest.Span) bool {
+				return s.TraceID() == traceID && s.ParentSpanID() == parentID
+			})
+			s := spans[0]
+			svc, _ := otlptest.Attr(s.Resource.GetAttributes(), "service.name")
+			if s.GetName() != "SELECT" || svc != "pgtrace" { // pgx sets no application_name
+				t.Errorf("span %q under service %v", s.GetName(), svc)
+			}
+			if text, _ := otlptest.Attr(s.GetAttributes(), "db.query.text"); text != "SELECT $1" {
+				t.Errorf("db.query.text = %v", text)
+			}
+			if err := p.stop(t, errSigTerm); err != errSigTerm {
+				t.Errorf("stop: %v", err)
+			}
+		})
 	}
 }

@@ -48,6 +48,7 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		MaxApplications:       cfg.MaxApplications,
 		ExponentialHistograms: cfg.MetricsHistogram == "exponential",
 		RawErrors:             cfg.ExportRawErrors,
+		SpanPath:              cfg.SpanPath,
 		Logger:                log,
 		Version:               version,
 		DroppedEvents:         ws.DroppedEvents,
@@ -65,7 +66,6 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		NPlusOneMinDuration: cfg.NPlusOneMinDuration,
 		IdleInTxThreshold:   cfg.IdleInTransactionThreshold,
 		MaxFingerprints:     cfg.MaxFingerprints,
-		OnFinding:           pipeline.FindingHandler(log, exp),
 	})
 	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: det, Exporter: exp, Logger: log})
 	var observer wire.Observer = pl

@@ -121,7 +121,7 @@ func TestGoObserveAtRatio(t *testing.T) {
 	if len(perTrace) != requests {
 		t.Errorf("N+1 findings for %d requests, want %d", len(perTrace), requests)
 	}
-	for _, f := range p.det.Findings(detector.FindingNPlusOne, time.Time{}) {
+	for _, f := range p.Detector.Findings(detector.FindingNPlusOne, time.Time{}) {
 		if f.TraceID == "" {
 			t.Errorf("an N+1 finding without trace context (connection fallback): %+v", f)
 		}

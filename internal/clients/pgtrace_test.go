@@ -3,7 +3,6 @@ package clients
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,11 +15,9 @@ import (
 
 	"github.com/dotmac/pgtrace/detector"
 	"github.com/dotmac/pgtrace/export"
-	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/internal/otlptest"
 	"github.com/dotmac/pgtrace/internal/pgtest"
-	"github.com/dotmac/pgtrace/pipeline"
-	"github.com/dotmac/pgtrace/wire"
+	"github.com/dotmac/pgtrace/internal/testproxy"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -33,13 +30,12 @@ const wait = 60 * time.Second
 const proxyService = "pgtrace-clients"
 
 // proxy is pgtrace as `pgtrace serve` assembles it (relay, fingerprint,
-// detector, export over OTLP to rcv) in front of a throwaway database.
+// detector, export over OTLP to rcv) in front of a throwaway database
+// (internal/testproxy).
 type proxy struct {
-	addr     string
+	*testproxy.Proxy
 	pg       *pgtest.Server
 	database string
-	det      *detector.Detector
-	srv      *wire.Server
 	rcv      *otlptest.Receiver
 }
 
@@ -61,49 +57,15 @@ func startProxy(t *testing.T) *proxy {
 		t.Setenv(k, v)
 	}
 	pg := pgtest.Start(t)
-	p := &proxy{pg: pg, rcv: rcv, database: freshDatabase(t, pg)}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	// Errors only: every finding is a warning, and the tests make hundreds.
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelError}))
-	analyzer := fingerprint.New(fingerprint.Config{})
-	p.srv = &wire.Server{Upstream: pg.Addr(), Logger: log}
-	exp, err := export.New(ctx, export.Config{
-		UpstreamAddr: pg.Addr(), SlowThreshold: time.Second, KeepSlowSpans: true, Logger: log, Version: "test",
-		DroppedEvents: p.srv.DroppedEvents, AnalyzerStats: analyzer.Stats, Connections: p.srv.Connections,
+	database := freshDatabase(t, pg)
+	p := testproxy.Start(t, testproxy.Options{
+		Upstream: pg.Addr(),
+		// Errors only: every finding is a warning, and the tests make hundreds.
+		Logger:          testproxy.Logger(t, slog.LevelError),
+		Export:          export.Config{SlowThreshold: time.Second, KeepSlowSpans: true},
+		ShutdownTimeout: 10 * time.Second,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.det = detector.New(detector.Config{SlowThreshold: time.Second, OnFinding: pipeline.FindingHandler(log, exp)})
-	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: p.det, Exporter: exp, Logger: log})
-	p.srv.Observer = pl
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = lis.Addr().String()
-	served := make(chan error, 1)
-	ran := make(chan struct{})
-	go func() { served <- p.srv.Serve(ctx, lis) }()
-	go func() { defer close(ran); _ = pl.Run(ctx) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		if err := p.srv.Shutdown(sctx); err != nil {
-			t.Errorf("wire shutdown: %v", err)
-		}
-		cancel()
-		<-ran
-		if err := <-served; err != nil && !errors.Is(err, wire.ErrServerClosed) && !errors.Is(err, context.Canceled) {
-			t.Errorf("serve: %v", err)
-		}
-		if err := exp.Shutdown(sctx); err != nil {
-			t.Errorf("export shutdown: %v", err)
-		}
-	})
-	return p
+	return &proxy{Proxy: p, pg: pg, database: database, rcv: rcv}
 }
 
 // freshDatabase creates an empty database on pg, dropped when the test
@@ -129,7 +91,7 @@ func freshDatabase(t *testing.T, pg *pgtest.Server) string {
 }
 
 // dsn is the URL of the test database through the proxy.
-func (p *proxy) dsn() string { return pgtest.DSNAt(p.addr, p.pg.User, p.pg.Password, p.database) }
+func (p *proxy) dsn() string { return pgtest.DSNAt(p.Addr, p.pg.User, p.pg.Password, p.database) }
 
 // directDSN is the URL of the test database on PostgreSQL itself, for
 // setting up a schema without going through the proxy.
@@ -140,7 +102,7 @@ func (p *proxy) directDSN() string {
 // libpqEnv is the proxy's address as libpq's variables, which node-postgres
 // and psycopg2 read too.
 func (p *proxy) libpqEnv() []string {
-	host, port, _ := net.SplitHostPort(p.addr)
+	host, port, _ := net.SplitHostPort(p.Addr)
 	return []string{"PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + p.pg.User,
 		"PGPASSWORD=" + p.pg.Password, "PGDATABASE=" + p.database, "PGSSLMODE=disable"}
 }
@@ -152,7 +114,7 @@ func (p *proxy) nPlusOnes(t *testing.T, n int, match func(detector.Finding) bool
 	deadline := time.Now().Add(wait)
 	for {
 		var got []detector.Finding
-		for _, f := range p.det.Findings(detector.FindingNPlusOne, time.Time{}) {
+		for _, f := range p.Detector.Findings(detector.FindingNPlusOne, time.Time{}) {
 			if match(f) {
 				got = append(got, f)
 			}
@@ -162,7 +124,7 @@ func (p *proxy) nPlusOnes(t *testing.T, n int, match func(detector.Finding) bool
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d matching N+1 findings after %v, want %d (detector: %+v; events dropped: %d)",
-				len(got), wait, n, p.det.Stats(), p.srv.DroppedEvents())
+				len(got), wait, n, p.Detector.Stats(), p.Server.DroppedEvents())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -202,11 +164,4 @@ INSERT INTO books (author_id, title) SELECT a, 'book ' || a || '.' || b FROM gen
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }

@@ -1,4 +1,4 @@
-package export
+package fastspan
 
 import (
 	"context"
@@ -6,23 +6,24 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
-// batcher is pgtrace's batch span processor. Like the SDK's, it queues
+// Batcher is pgtrace's batch span processor. Like the SDK's, it queues
 // ended, sampled spans and exports them in batches from its own goroutine;
 // unlike it, it counts what it drops (pgtrace.spans.dropped), and OnEnd
 // never wakes a goroutine per span — only when a batch is full. When the
 // exporter is slow or its collector dead, the bounded queue fills and
 // further spans are dropped; OnEnd never waits (DESIGN.md decision 2).
 //
-// Sizes and delays follow OTEL_BSP_MAX_QUEUE_SIZE, _MAX_EXPORT_BATCH_SIZE,
-// _SCHEDULE_DELAY and _EXPORT_TIMEOUT, with the SDK's defaults.
-type batcher struct {
+// Sizes and delays are OTEL_BSP_MAX_QUEUE_SIZE, _MAX_EXPORT_BATCH_SIZE,
+// _SCHEDULE_DELAY and _EXPORT_TIMEOUT, as internal/otelenv reads them.
+type Batcher struct {
 	exp sdktrace.SpanExporter
 	// release, if not nil, is called with each span the batcher is done
-	// with: dropped, or exported and ExportSpans returned (spanSink.release).
+	// with: dropped, or exported and ExportSpans returned (Sink.Release).
 	release  func(sdktrace.ReadOnlySpan)
 	maxQueue int
 	maxBatch int
@@ -44,30 +45,31 @@ type batcher struct {
 	done      chan struct{}
 }
 
-func newBatcher(exp sdktrace.SpanExporter, release func(sdktrace.ReadOnlySpan)) *batcher {
+// NewBatcher starts a batcher exporting through exp as bsp says. release,
+// if not nil, is called with each span the batcher is done with.
+func NewBatcher(exp sdktrace.SpanExporter, release func(sdktrace.ReadOnlySpan), bsp otelenv.BatchSpanProcessor) *Batcher {
 	if release == nil {
 		release = func(sdktrace.ReadOnlySpan) {}
 	}
-	b := &batcher{
+	b := &Batcher{
 		exp:      exp,
 		release:  release,
-		maxQueue: envInt("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize),
-		maxBatch: envInt("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize),
-		delay:    time.Duration(envInt("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)) * time.Millisecond,
-		timeout:  time.Duration(envInt("OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)) * time.Millisecond,
+		maxQueue: bsp.MaxQueueSize,
+		maxBatch: bsp.MaxExportBatchSize,
+		delay:    bsp.ScheduleDelay,
+		timeout:  bsp.ExportTimeout,
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	b.maxBatch = min(b.maxBatch, b.maxQueue)
 	b.runCtx, b.cancelRun = context.WithCancel(context.Background())
 	go b.run()
 	return b
 }
 
-func (b *batcher) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+func (b *Batcher) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
 
-func (b *batcher) OnEnd(s sdktrace.ReadOnlySpan) {
+func (b *Batcher) OnEnd(s sdktrace.ReadOnlySpan) {
 	if !s.SpanContext().IsSampled() {
 		b.release(s)
 		return
@@ -90,11 +92,14 @@ func (b *batcher) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 }
 
+// Exporter is the exporter the batcher exports through.
+func (b *Batcher) Exporter() sdktrace.SpanExporter { return b.exp }
+
 // Dropped is the number of spans dropped because the queue was full.
-func (b *batcher) Dropped() uint64 { return b.dropped.Load() }
+func (b *Batcher) Dropped() uint64 { return b.dropped.Load() }
 
 // run exports every delay, or as soon as a batch is full, until stop.
-func (b *batcher) run() {
+func (b *Batcher) run() {
 	defer close(b.done)
 	t := time.NewTicker(b.delay)
 	defer t.Stop()
@@ -111,7 +116,7 @@ func (b *batcher) run() {
 
 // exportQueued exports what is queued, batch by batch, each bounded by the
 // export timeout and by ctx.
-func (b *batcher) exportQueued(ctx context.Context) error {
+func (b *Batcher) exportQueued(ctx context.Context) error {
 	b.exportMu.Lock()
 	defer b.exportMu.Unlock()
 	for {
@@ -144,11 +149,11 @@ func (b *batcher) exportQueued(ctx context.Context) error {
 }
 
 // ForceFlush exports what is queued.
-func (b *batcher) ForceFlush(ctx context.Context) error { return b.exportQueued(ctx) }
+func (b *Batcher) ForceFlush(ctx context.Context) error { return b.exportQueued(ctx) }
 
 // Shutdown stops the export loop, exports what is still queued while ctx
 // allows (what is left is counted as dropped), and shuts the exporter down.
-func (b *batcher) Shutdown(ctx context.Context) error {
+func (b *Batcher) Shutdown(ctx context.Context) error {
 	b.stopOnce.Do(func() { close(b.stop) })
 	select {
 	case <-b.done:

@@ -1,11 +1,13 @@
-package export
+package fastspan
 
 import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -20,51 +22,34 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// traceClient is the OTLP trace client otlptracegrpc.NewClient and
+// Client is the OTLP trace client otlptracegrpc.NewClient and
 // otlptracehttp.NewClient return (otlptrace.Client): it reads every
 // OTEL_EXPORTER_OTLP_* setting (endpoint, headers, TLS, compression,
 // timeout, retry) and sends an export request built from the resource
 // spans it is given. It must encode the request as protobuf: a client
 // that encodes JSON (otlptracehttp with http/json) reads the messages'
-// fields, which otlpExporter leaves empty (buildTracing asks
-// otlptracehttp for protobuf).
-type traceClient interface {
+// fields, which Exporter leaves empty (the caller asks otlptracehttp for
+// protobuf).
+type Client interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
 	UploadTraces(ctx context.Context, protoSpans []*tracepb.ResourceSpans) error
 }
 
-// otlpExporter is pgtrace's OTLP span exporter. It sends what the OTel Go
+// Exporter is pgtrace's OTLP span exporter. It sends what the OTel Go
 // exporter (otlptrace.Exporter, v1.47) sends, byte for byte, through the
 // same client, at a fraction of the CPU.
 //
-// The OTel exporter builds a tree of protobuf messages per span
-// (tracetransform: a Span, and a KeyValue, an AnyValue and its oneof
-// wrapper per attribute, about 60 allocations for a statement span) that
-// the client then encodes with proto.Marshal, field by field through the
-// protobuf runtime's tables; building the tree, encoding it and collecting
-// it afterwards took about 13 µs of CPU per statement span, in three
-// shares of the same order (in a profile of BenchmarkExportSpans over
-// HTTP: building 29 %, proto.Marshal 38 %, the garbage collector 11 %), so
-// reusing the tree would not have been enough. otlpExporter
-// writes each span's fields in the OTLP wire format itself (protowire),
-// into a buffer kept from one call to the next, and hands the client
-// resource, scope and span messages whose content is that encoding, held as
-// their unknown fields, which proto.Marshal copies out as they are. The
-// messages are generated OTLP types, kept and reused too, so the client
-// still sees one ResourceSpans per resource, one ScopeSpans per scope and
-// one Span per span (it counts them for its own telemetry), and no part of
-// the request is allocated per span.
-//
-// BenchmarkExportSpans compares the two on batches of 512 statement spans
-// sent to local receivers that do not decode them:
-//
-//	go test -run '^$' -bench ExportSpans -benchtime 200x -count 5 ./export/
-//
-// On two shared cores (2026-11-26), CPU per span went from 14–20 µs to
-// 2.4–4.7 µs over gRPC and from 12–22 µs to 4–5 µs over HTTP (where the
-// client still marshals into a new body and the local receiver's reads
-// count), and allocations from 60 to 0.2–0.4 per span (the clients').
+// It writes each span's fields in the OTLP wire format itself
+// (protowire), into a buffer kept from one call to the next, and hands the
+// client resource, scope and span messages whose content is that
+// encoding, held as their unknown fields, which proto.Marshal copies out
+// as they are: the OTel exporter's tree of messages per span, its
+// encoding and its garbage cost several times more (bench/RESULTS.md,
+// "The fast span path"). The messages are generated OTLP types, kept and
+// reused, so the client still sees one ResourceSpans per resource, one
+// ScopeSpans per scope and one Span per span (it counts them for its own
+// telemetry), and no part of the request is allocated per span.
 //
 // What it writes follows tracetransform field for field: resources
 // grouped by attribute set and, within each, scopes in the order they first
@@ -81,11 +66,11 @@ type traceClient interface {
 // exporter fails the whole batch (see oneofStr).
 //
 // ExportSpans reads the spans only while it runs and keeps none of them
-// (keepsNoSpans). Calls are serialized: the buffer and messages are reused,
-// which the client allows, being done with the request when UploadTraces
-// returns.
-type otlpExporter struct {
-	client   traceClient
+// (export's keepsNoSpans). Calls are serialized: the buffer and messages
+// are reused, which the client allows, being done with the request when
+// UploadTraces returns.
+type Exporter struct {
+	client   Client
 	stopOnce sync.Once
 
 	mu sync.Mutex // one export at a time; guards everything below
@@ -116,13 +101,13 @@ type scopeKey struct {
 	scope instrumentation.Scope
 }
 
-// newOTLPExporter starts client and returns an exporter sending through
-// it, as otlptrace.New does.
-func newOTLPExporter(ctx context.Context, client traceClient) (*otlpExporter, error) {
+// NewExporter starts client and returns an exporter sending through it,
+// as otlptrace.New does.
+func NewExporter(ctx context.Context, client Client) (*Exporter, error) {
 	if err := client.Start(ctx); err != nil {
 		return nil, err
 	}
-	return &otlpExporter{
+	return &Exporter{
 		client: client,
 		resIdx: make(map[attribute.Distinct]int),
 		ssIdx:  make(map[scopeKey]int),
@@ -130,7 +115,7 @@ func newOTLPExporter(ctx context.Context, client traceClient) (*otlpExporter, er
 }
 
 // ExportSpans encodes spans and uploads them in one request.
-func (x *otlpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+func (x *Exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	rss := x.encode(spans)
@@ -144,7 +129,7 @@ func (x *otlpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnl
 }
 
 // Shutdown stops the client, once.
-func (x *otlpExporter) Shutdown(ctx context.Context) error {
+func (x *Exporter) Shutdown(ctx context.Context) error {
 	err := error(nil)
 	x.stopOnce.Do(func() { err = x.client.Stop(ctx) })
 	return err
@@ -152,7 +137,7 @@ func (x *otlpExporter) Shutdown(ctx context.Context) error {
 
 // encode writes spans into the arena and returns the resource spans to
 // upload, valid until the next call.
-func (x *otlpExporter) encode(spans []sdktrace.ReadOnlySpan) []*tracepb.ResourceSpans {
+func (x *Exporter) encode(spans []sdktrace.ReadOnlySpan) []*tracepb.ResourceSpans {
 	x.w.reset()
 	x.nRS, x.nSS, x.nSpan, x.nRes, x.nSc = 0, 0, 0, 0, 0
 	x.raws = x.raws[:0]
@@ -189,7 +174,7 @@ func (x *otlpExporter) encode(spans []sdktrace.ReadOnlySpan) []*tracepb.Resource
 // scopeSpans returns the ScopeSpans of the resource and scope, adding it
 // (and the ResourceSpans) when new, as tracetransform.Spans does: the first
 // span of a resource's attribute set gives its Resource and schema URL.
-func (x *otlpExporter) scopeSpans(res *resource.Resource, scope instrumentation.Scope) *tracepb.ScopeSpans {
+func (x *Exporter) scopeSpans(res *resource.Resource, scope instrumentation.Scope) *tracepb.ScopeSpans {
 	k := scopeKey{res.Equivalent(), scope}
 	if i, ok := x.ssIdx[k]; ok {
 		return x.sss[i]
@@ -529,4 +514,13 @@ func statusCode(c codes.Code) tracepb.Status_StatusCode {
 		return tracepb.Status_STATUS_CODE_ERROR
 	}
 	return tracepb.Status_STATUS_CODE_UNSET
+}
+
+// mendUTF8 returns s with U+FFFD in place of each run of bytes that is not
+// UTF-8, as export's metric labels have it.
+func mendUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

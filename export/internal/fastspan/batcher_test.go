@@ -1,4 +1,4 @@
-package export
+package fastspan
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dotmac/pgtrace/internal/otelenv"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -36,12 +37,9 @@ func (x *blockingExporter) Shutdown(context.Context) error {
 }
 
 func TestBatcherDropsAndCounts(t *testing.T) {
-	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")
-	t.Setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
-	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "5")
-	t.Setenv("OTEL_BSP_EXPORT_TIMEOUT", "60000")
 	x := &blockingExporter{release: make(chan struct{})}
-	b := newBatcher(x, nil)
+	b := NewBatcher(x, nil, otelenv.BatchSpanProcessor{MaxQueueSize: 8, MaxExportBatchSize: 4,
+		ScheduleDelay: 5 * time.Millisecond, ExportTimeout: time.Minute})
 	sampled := tracetest.SpanStub{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: [16]byte{1}, SpanID: [8]byte{1}, TraceFlags: trace.FlagsSampled})}.Snapshot()
 	unsampled := tracetest.SpanStub{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{
