@@ -138,6 +138,14 @@ func (l *stmtLRU) add(name string) (evict string) {
 	return evict
 }
 
+// restore records name as prepared again, beyond the bound if need be: its
+// Close was skipped, the server still has it.
+func (l *stmtLRU) restore(name string) {
+	if _, ok := l.byKey[name]; !ok {
+		l.byKey[name] = l.order.PushFront(name)
+	}
+}
+
 // remove forgets name (its Parse failed).
 func (l *stmtLRU) remove(name string) {
 	if e, ok := l.byKey[name]; ok {

@@ -63,8 +63,13 @@ type relay struct {
 	stmts      clientStmts // transaction mode: the client's named statements
 	unnamed    *stmtDef    // transaction mode: the client's unnamed statement
 	want       paramSet    // the client's run-time parameters
-	added      []string    // server-side names prepared since the last ReadyForQuery
-	failed     bool        // an ErrorResponse since the last ReadyForQuery
+	// parses and closes are the server-side names of the Parses and of
+	// the relay's own Closes sent to the server connection and not yet
+	// confirmed (ParseComplete, CloseComplete come in order), oldest
+	// first; at ReadyForQuery those still there were skipped after an
+	// error, and the books are put right.
+	parses []string
+	closes []string
 	lost       error       // the server connection broke
 	// writing is true while the client's goroutine writes to the server
 	// connection: it must not go back to the pool then, even when the
@@ -277,6 +282,7 @@ func (r *relay) handleMessage(m message) error {
 			}
 			r.mu.Lock()
 			r.unnamed, sc.unnamed = d, d.server
+			r.parses = append(r.parses, unnamedMark)
 			r.mu.Unlock()
 			return r.forward(sc, m, nil)
 		}
@@ -394,9 +400,10 @@ func (r *relay) prepareLocked(sc *serverConn, def *stmtDef, seq uint64, inject b
 	var out []byte
 	if evict := sc.prepared.add(def.server); evict != "" {
 		r.injected = append(r.injected, injection{anchor: seq, kind: injClose, name: evict})
+		r.closes = append(r.closes, evict)
 		out = appendMsg(out, 'C', targetBody('S', evict))
 	}
-	r.added = append(r.added, def.server)
+	r.parses = append(r.parses, def.server)
 	if inject {
 		r.injected = append(r.injected, injection{anchor: seq, kind: injParse, name: def.server})
 		out = appendMsg(out, 'P', def.parseBody(def.server))
@@ -466,6 +473,7 @@ func (r *relay) useUnnamed(m message) error {
 		r.injected = append(r.injected, injection{anchor: r.ps.Pushed() - 1, kind: injParse})
 		pre = appendMsg(nil, 'P', d.parseBody(""))
 		sc.unnamed = d.server
+		r.parses = append(r.parses, unnamedMark)
 	}
 	r.mu.Unlock()
 	return r.forward(sc, m, pre)
@@ -620,20 +628,23 @@ func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
 			// The relay's own Parse or Close failed: the server skips the
 			// client's requests up to its Sync, and the client sees why.
 			r.injected = r.injected[1:]
-			r.failed = true
-			if inj.kind == injParse {
-				sc.prepared.remove(inj.name)
-			}
 			return true
-		case inj.kind == injParse && m.typ == '1', inj.kind == injClose && m.typ == '3',
-			inj.kind == injQuery && m.typ == 'Z':
+		case inj.kind == injParse && m.typ == '1':
+			r.injected = r.injected[1:]
+			r.confirmParseLocked()
+		case inj.kind == injClose && m.typ == '3':
+			r.injected = r.injected[1:]
+			if len(r.closes) > 0 {
+				r.closes = r.closes[1:]
+			}
+		case inj.kind == injQuery && m.typ == 'Z':
 			r.injected = r.injected[1:]
 		}
 		return false
 	}
 	switch m.typ {
-	case 'E':
-		r.failed = true
+	case '1':
+		r.confirmParseLocked()
 	case 'S':
 		if m.whole {
 			if k, rest, ok := cstring(m.body); ok && trackedParams[string(k)] {
@@ -678,14 +689,19 @@ func (r *relay) toClient(sc *serverConn, m message) error {
 func (r *relay) ready(sc *serverConn, status byte) bool {
 	r.mu.Lock()
 	r.status = status
-	if r.failed {
-		// Statements prepared in the batch may not have been.
-		for _, n := range r.added {
+	// Parses and Closes the server skipped after an error: the
+	// statements are not there, or still there.
+	for _, n := range r.parses {
+		if n == unnamedMark {
+			sc.unnamed = ""
+		} else {
 			sc.prepared.remove(n)
 		}
-		sc.unnamed = ""
 	}
-	r.added, r.failed = r.added[:0], false
+	for _, n := range r.closes {
+		sc.prepared.restore(n)
+	}
+	r.parses, r.closes = r.parses[:0], r.closes[:0]
 	// Requests the server skipped after an error get no answer: neither
 	// do the relay's own among them.
 	next := r.ps.NextAnswer()
@@ -714,6 +730,17 @@ func (r *relay) ready(sc *serverConn, status byte) bool {
 		r.pl.release(sc, true)
 	}
 	return release
+}
+
+// unnamedMark stands for the unnamed statement in relay.parses.
+const unnamedMark = "\x00unnamed"
+
+// confirmParseLocked notes a ParseComplete: the oldest Parse sent took.
+// r.mu is held.
+func (r *relay) confirmParseLocked() {
+	if len(r.parses) > 0 {
+		r.parses = r.parses[1:]
+	}
 }
 
 // answer gives the client the answer to the request it just sent: at once

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"github.com/dotmac/pgtrace/pool"
 	"io"
 	"regexp"
 	"strings"
@@ -62,6 +63,17 @@ func defaults() config {
 		FingerprintCacheSize:       10000,
 		TenantTag:                  "tenant_id",
 		KeepSlowSpans:              true,
+		PoolMode:                   "none",
+		PoolSize:                   20,
+		PoolMaxWait:                2 * time.Minute,
+		ServerIdleTimeout:          10 * time.Minute,
+		ServerLifetime:             time.Hour,
+		ServerResetQuery:           "DISCARD ALL",
+		MaxPreparedStatements:      200,
+		AuthQuery:                  pool.DefaultAuthQuery,
+		AuthDatabase:               "postgres",
+		AuthType:                   "scram-sha-256",
+		PoolWaitSpanThreshold:      time.Millisecond,
 		ServiceNameFrom:            "application_name",
 		MaxApplications:            100,
 		MetricsHistogram:           "explicit",

@@ -10,6 +10,7 @@ import (
 	"github.com/dotmac/pgtrace/export"
 	"github.com/dotmac/pgtrace/fingerprint"
 	"github.com/dotmac/pgtrace/pipeline"
+	"github.com/dotmac/pgtrace/pool"
 	"github.com/dotmac/pgtrace/wire"
 )
 
@@ -27,6 +28,11 @@ type observation struct {
 	})
 	// Shutdown flushes and stops the pipeline after the relay has stopped.
 	Shutdown func(context.Context) error
+	// PoolHooks receive what the pools do (pooled modes).
+	PoolHooks pool.Hooks
+	// Pools, when set, is given the pooler of a pooled mode, whose pools
+	// the metrics and the admin API then show.
+	Pools func(*pool.Pooler)
 }
 
 // newObservation builds the observation pipeline for cfg: fingerprint →

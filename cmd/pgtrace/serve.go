@@ -86,6 +86,19 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		return fmt.Errorf("start observation pipeline: %w", err)
 	}
 	ws.Observer = obs.Observer
+	pooler, err := newPooler(ctx, cfg, log, ws, obs.PoolHooks)
+	if err != nil {
+		return err
+	}
+	if pooler != nil {
+		ws.Pooler = pooler
+		go pooler.Run(ctx)
+		// After the sessions: their server connections come back first.
+		defer pooler.Close()
+		if obs.Pools != nil {
+			obs.Pools(pooler)
+		}
+	}
 	// stopObservation flushes the pipeline once: in the shutdown sequence,
 	// or on the way out of a failed startup.
 	var stopOnce sync.Once
@@ -172,6 +185,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		"admin_auth", adminAuth(adminAddr, adminToken),
 		"version", version,
 		"max_client_connections", cfg.MaxClientConnections,
+		"pool_mode", cfg.PoolMode,
 	)
 	go warnIfUnresolvable(ctx, log, cfg.Upstream, cfg.DialTimeout)
 
