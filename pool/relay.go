@@ -70,7 +70,7 @@ type relay struct {
 	// error, and the books are put right.
 	parses []string
 	closes []string
-	lost       error       // the server connection broke
+	lost   error // the server connection broke
 	// writing is true while the client's goroutine writes to the server
 	// connection: it must not go back to the pool then, even when the
 	// server has already answered what is being written (a write returns
