@@ -512,6 +512,9 @@ func TestTransactionModeCopy(t *testing.T) {
 	ctx := context.Background()
 	c := p.connect(t, pgx.QueryExecModeCacheStatement)
 	table := "pooled_copy" // made by setupRole: a temp table would stay on one server connection
+	if _, err := c.Exec(ctx, "TRUNCATE "+table); err != nil {
+		t.Fatal(err)
+	}
 	rows := make([][]any, 5000)
 	for i := range rows {
 		rows[i] = []any{i, strings.Repeat("x", i%50)}
