@@ -106,7 +106,8 @@ func nextLoop() (*eventLoop, error) {
 // errc, the first one the real one, after it has let go of the sockets;
 // takeBack must run before the session touches its connections again.
 func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc chan<- *endReason) bool {
-	if s.replication {
+	mode := s.srv.ioMode()
+	if s.replication || mode == IOGoroutines {
 		return false
 	}
 	s.mu.Lock()
@@ -114,6 +115,9 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	s.mu.Unlock()
 	if !plainSocket(c) || !plainSocket(u) {
 		return false
+	}
+	if mode == IOURing && s.startURingRelay(c, u, fe, be, errc) {
+		return true
 	}
 	l, err := nextLoop()
 	if err != nil {
@@ -155,11 +159,14 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	return true
 }
 
+func (rel *loopRelay) sockets() (client, upstream int) { return rel.client.fd, rel.upstream.fd }
+
 // takeBack gives the session its connections back once the loop has ended
 // the relay (after the first receive from errc).
-func (s *session) takeBack(rel *loopRelay) {
-	c := fdConn(rel.client.fd)
-	u := fdConn(rel.upstream.fd)
+func (s *session) takeBack(rel relayLoop) {
+	cfd, ufd := rel.sockets()
+	c := fdConn(cfd)
+	u := fdConn(ufd)
 	s.mu.Lock()
 	s.client, s.upstream = c, u
 	aborted := s.aborted

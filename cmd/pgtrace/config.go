@@ -31,6 +31,7 @@ type config struct {
 	Upstream    string
 	AdminListen string // "" disables the admin server
 	DialTimeout time.Duration
+	IO          string // relay I/O mode: wire.IOModes
 
 	// TLS.
 	TLSCert         string // client-facing certificate (PEM); with TLSKey
@@ -98,6 +99,12 @@ func (c *config) flags() []cli.Flag {
 			Name: "admin-listen", Value: "127.0.0.1:9187", Destination: &c.AdminListen, EnvVars: env("admin-listen"), Category: catNetwork,
 			Usage: "`host:port` of the admin HTTP server (/healthz, /readyz, /metrics, /api/*, the page); empty disables it. " +
 				"It has no authentication: keep it on loopback or a private network",
+		},
+		&cli.StringFlag{
+			Name: "io", Value: wire.IOEpoll, Destination: &c.IO, EnvVars: env("io"), Category: catNetwork,
+			Usage: "how plain-TCP and Unix-socket sessions are relayed on Linux: epoll (event loops over epoll), " +
+				"uring (event loops over io_uring: a send and the next receive in the system call that waits; falls back to epoll with a warning where io_uring is not available) " +
+				"or goroutines (two per session, as TLS sessions always use)",
 		},
 		&cli.DurationFlag{
 			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,
@@ -205,6 +212,9 @@ func (c *config) validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("--dial-timeout: must be positive, got %v", c.DialTimeout)
+	}
+	if !slices.Contains(wire.IOModes, c.IO) {
+		bad("--io: %q is not one of %s", c.IO, strings.Join(wire.IOModes, ", "))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("--tls-cert and --tls-key must be given together")
