@@ -90,9 +90,9 @@ type uringSide struct {
 	// complete; sendBid is the provided buffer it reads from, or -1.
 	sending []byte
 	sendBid int
-	sendErr  error  // the send failed
-	ownOnly  bool   // the ring ran dry: the next receive goes to the framer's own buffer
-	small    []byte // copies of small sends, so their provided buffer goes back at once
+	sendErr error  // the send failed
+	ownOnly bool   // the ring ran dry: the next receive goes to the framer's own buffer
+	small   []byte // copies of small sends, so their provided buffer goes back at once
 }
 
 type uringRelay struct {
