@@ -31,6 +31,8 @@
 # IDLE_CONNS=10000 does not need 10,000 PostgreSQL backends), PERF (0; 1
 # counts each proxy's system calls and context switches per transaction
 # with perf stat, and splits its CPU into the busiest thread and the rest),
+# STREAM_MB (0; N reads an N-megabyte result through each pgtrace and
+# reports its peak memory),
 # UPSTREAM_SOCKET (0; 1 has both proxies reach PostgreSQL over its Unix
 # socket, as when they run on the database's host; pgbench always uses TCP).
 set -euo pipefail
@@ -46,6 +48,7 @@ PGTRACE_ARGS="${PGTRACE_ARGS:-}"
 IO_MODES="${IO_MODES:-}"
 IDLE_FAKE="${IDLE_FAKE:-0}"
 PERF="${PERF:-0}"
+STREAM_MB="${STREAM_MB:-0}"
 BOUNCER_FRESH="${BOUNCER_FRESH:-1}"
 EXPORT="${EXPORT:-0}"
 UPSTREAM_SOCKET="${UPSTREAM_SOCKET:-0}"
@@ -354,6 +357,32 @@ if [ "$PERF" = 1 ]; then
 	}' "$work/perf.tsv"
 fi
 
+# --- a large result -------------------------------------------------------------
+# STREAM_MB megabytes of rows (1,000-byte values) read through each pgtrace
+# while its resident set size is sampled: a relay that streams keeps it flat.
+if [ "$STREAM_MB" -gt 0 ]; then
+	echo
+	for t in "${targets[@]:2}"; do
+		pid="${proxy_pid[$t]}"
+		rss0="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")"
+		peak="$rss0"
+		"$PSQL" -X -q -h 127.0.0.1 -p "${port[$t]}" -U postgres postgres \
+			-c "copy (select repeat('x', 1000) from generate_series(1, $((STREAM_MB * 1000)))) to stdout" >"$work/stream.out" &
+		qpid=$!
+		start=$(date +%s.%N)
+		while kill -0 "$qpid" 2>/dev/null; do
+			r="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")"
+			[ "$r" -gt "$peak" ] && peak="$r"
+			sleep 0.2
+		done
+		wait "$qpid"
+		secs="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')"
+		bytes="$(stat -c %s "$work/stream.out")"
+		rm -f "$work/stream.out"
+		printf '%s: %d MB result in %ss; RSS %d KiB before, peak %d KiB during\n' "$t" "$((bytes / 1000000))" "$secs" "$rss0" "$peak"
+	done
+fi
+
 # --- idle connections ------------------------------------------------------------
 # PgBouncer is not measured: it opens server connections one by one and on a
 # loaded 2-core machine times 1,000 clients out (query_wait_timeout).
@@ -364,8 +393,12 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
 	say "memory with $IDLE_CONNS idle client connections (fresh pgtrace)"
 	go build -o "$work/idleconns" ./bench/idleconns
 	# Each proxy's file descriptors: a client socket and an upstream one per
-	# connection, plus room.
-	ulimit -n "$((2 * IDLE_CONNS + 1024))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+	# connection, twice while a session moves onto a loop, plus room. (Go
+	# raises its soft limit to the hard one by itself.)
+	need=$((4 * IDLE_CONNS + 1024))
+	hard="$(ulimit -Hn)"
+	if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then ulimit -n "$need"; fi
+	ulimit -Sn "$(ulimit -Hn)"
 	if [ "$IDLE_FAKE" = 1 ]; then
 		# A stand-in server that logs anyone in: 10,000 PostgreSQL
 		# backends do not fit beside the rest on a small machine.

@@ -631,8 +631,10 @@ func (l *uringLoop) releaseEnded() {
 	l.relays = l.relays[:0]
 }
 
-// uringSides is the number of sockets the ring loops hold (for tests).
+// uringSides is the number of sockets the ring loops hold (for tests); it
+// starts the loops if no session has.
 func uringSides() int {
+	urings.loop() // the loops' start happens before this read
 	n := 0
 	for _, l := range urings.loops {
 		l.mu.Lock()
