@@ -31,7 +31,8 @@ func TestLoopReleasesSockets(t *testing.T) {
 	c := p.connect(t) // the loops exist from here on
 	c.Close(ctx)
 	waitIdle()
-	fds, sides := openFDs(t), loopSides()
+	sides := loopSides() // first: it may start the loops, which hold descriptors
+	fds := openFDs(t)
 	sessions := loopStats.sessions.Load()
 
 	const rounds = 20
