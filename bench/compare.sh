@@ -85,7 +85,7 @@ apt_install() {
 free_port() { # a loopback port nothing listens on
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % 20000)) # below the ephemeral ports the idle clients use
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
 	done
 }
@@ -397,7 +397,10 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
 	# raises its soft limit to the hard one by itself.)
 	need=$((4 * IDLE_CONNS + 1024))
 	hard="$(ulimit -Hn)"
-	if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then ulimit -n "$need"; fi
+	if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+		ulimit -n "$need" 2>/dev/null ||
+			echo "note: the hard limit on open files is $hard here; $IDLE_CONNS connections need about $((2 * IDLE_CONNS + 100))" >&2
+	fi
 	ulimit -Sn "$(ulimit -Hn)"
 	if [ "$IDLE_FAKE" = 1 ]; then
 		# A stand-in server that logs anyone in: 10,000 PostgreSQL
