@@ -432,6 +432,6 @@ for f in "$work"/pgtrace-*.log; do
 	if grep -q . "$f"; then
 		echo
 		echo "$(basename "$f") (warnings and errors):"
-		cat "$f"
+		tail -n 5 "$f"
 	fi
 done
