@@ -35,7 +35,16 @@ type eventLoop struct {
 	ep    int
 	mu    sync.Mutex // guards sides
 	sides map[int32]*loopSide
+	// scratch is where a side whose framer holds no bytes reads: what
+	// must stay after the read (the start of a message still to come,
+	// bytes the other socket did not take) moves to the framer's own
+	// buffer, so an idle session holds no buffer. Loop goroutine only.
+	scratch []byte
+	own     [][]byte // own buffers given back, for reuse (at most loopFreeOwn)
 }
+
+// loopFreeOwn bounds the own buffers a loop keeps for reuse.
+const loopFreeOwn = 64
 
 // loopSide is one socket of a session in a loop and the direction that
 // reads it.
@@ -47,6 +56,10 @@ type loopSide struct {
 	obs   frameObserver
 	fl    flushObserver // obs, when it wants flushed calls
 	end   func(error) *endReason
+	// hold is the message type the observer may refuse (ErrorResponse
+	// for the upstream side; 0 for the client's): read writes a batch
+	// without one before showing it to the observer.
+	hold byte
 	// waiting is true while framed bytes wait for the other socket to take
 	// them: this socket is not read until they have gone.
 	waiting bool
@@ -88,7 +101,7 @@ func nextLoop() (*eventLoop, error) {
 				loopsErr = fmt.Errorf("epoll_create1: %w", err)
 				return
 			}
-			l := &eventLoop{ep: ep, sides: make(map[int32]*loopSide)}
+			l := &eventLoop{ep: ep, sides: make(map[int32]*loopSide), scratch: make([]byte, frameBufSize)}
 			loops = append(loops, l)
 			go l.run()
 		}
@@ -137,7 +150,7 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	}
 	rel := &loopRelay{l: l, errc: errc}
 	rel.client = loopSide{fd: cfd, other: &rel.upstream, rel: rel, f: fe.f, obs: fe, end: fe.end}
-	rel.upstream = loopSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end}
+	rel.upstream = loopSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end, hold: 'E'}
 	if err := l.add(rel); err != nil {
 		unix.Close(cfd)
 		unix.Close(ufd)
@@ -381,19 +394,42 @@ var errHangUp = errors.New("connection hung up")
 func (l *eventLoop) read(sd *loopSide) {
 	f := sd.f
 	f.compact()
+	shared := f.r == f.w
+	if shared {
+		// Nothing held: read into the loop's buffer.
+		l.putOwn(f)
+		f.buf, f.r, f.w, f.fw = l.scratch, 0, 0, 0
+	}
+	why := l.readOnce(sd)
+	if shared {
+		// Before finish: the session reads the framer once it has its
+		// sockets back.
+		l.unshare(f)
+	} else if why == nil && f.fw == f.w && !sd.waiting {
+		// Everything went: give the own buffer back.
+		l.putOwn(f)
+		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
+	}
+	if why != nil {
+		l.finish(sd.rel, why)
+	}
+}
+
+// readOnce is read's read, framing and write; it returns why the relay
+// ends, or nil.
+func (l *eventLoop) readOnce(sd *loopSide) *endReason {
+	f := sd.f
 	if f.w == len(f.buf) {
 		// frame grows or streams a message that fills the buffer, so this
 		// cannot happen; end the session rather than spin.
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: errors.New("relay buffer full")}))
-		return
+		return sd.end(&relayError{read: true, err: errors.New("relay buffer full")})
 	}
 	n, err := rawRead(sd.fd, f.buf[f.w:])
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
-		return
+		return nil
 	case err != nil:
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: os.NewSyscallError("read", err)}))
-		return
+		return sd.end(&relayError{read: true, err: os.NewSyscallError("read", err)})
 	case n == 0:
 		eof := io.EOF
 		if f.skip > 0 || f.w > f.r {
@@ -403,22 +439,69 @@ func (l *eventLoop) read(sd *loopSide) {
 			// Pass the client's half-close on, as the copier does.
 			unix.Shutdown(sd.other.fd, unix.SHUT_WR)
 		}
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: eof}))
-		return
+		return sd.end(&relayError{read: true, err: eof})
 	}
 	f.w += n
 	f.in += int64(n)
+	if f.wholeMessages(sd.hold) {
+		// Whole messages only: write them first, then let the observer
+		// see them, so that the tracking does not delay the bytes.
+		r := f.r
+		f.r = f.w
+		werr := l.flush(sd)
+		f.r = r
+		f.frame(sd.obs) // takes them all, and the observer refuses none
+		if sd.fl != nil {
+			sd.fl.flushed() // the events of this batch
+		}
+		if werr != nil {
+			return sd.end(werr)
+		}
+		return nil
+	}
 	if err := f.frame(sd.obs); err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
 			l.flush(sd) // forward the good messages before it, if the socket takes them now
 		}
-		l.finish(sd.rel, sd.end(err))
-		return
+		return sd.end(err)
 	}
 	if err := l.flush(sd); err != nil {
-		l.finish(sd.rel, sd.end(err))
+		return sd.end(err)
 	}
+	return nil
+}
+
+// unshare moves what the framer holds out of the loop's buffer into its
+// own: the bytes not yet written (buf[fw:r]) and those not yet framed
+// (buf[r:w]). Both come from one read into the loop's buffer, so they fit
+// an own buffer of the same size, unless frame grew a buffer of its own.
+func (l *eventLoop) unshare(f *framer) {
+	if len(f.buf) == 0 || &f.buf[0] != &l.scratch[0] {
+		return // frame replaced it with a larger one, which the framer keeps
+	}
+	if f.fw == f.w {
+		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
+		return
+	}
+	if f.small == nil {
+		if n := len(l.own); n > 0 {
+			f.small, l.own[n-1] = l.own[n-1], nil
+			l.own = l.own[:n-1]
+		} else {
+			f.small = make([]byte, f.size)
+		}
+	}
+	n := copy(f.small, f.buf[f.fw:f.w])
+	f.buf, f.r, f.w, f.fw = f.small, f.r-f.fw, n, 0
+}
+
+// putOwn takes the framer's own buffer back for reuse.
+func (l *eventLoop) putOwn(f *framer) {
+	if f.small != nil && len(f.small) == frameBufSize && len(l.own) < loopFreeOwn {
+		l.own = append(l.own, f.small)
+	}
+	f.small = nil
 }
 
 // flush writes sd's framed bytes to the other socket. When the socket
