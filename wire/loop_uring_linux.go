@@ -380,6 +380,17 @@ func (l *uringLoop) sent(sd *uringSide, res int32) {
 	l.arm(sd) // the rest of the send, and the receive behind it
 }
 
+// copySmall copies b, at most uringSmallSend bytes, into the side's small
+// buffer and returns the copy. The buffer is sized to what the side sends
+// (256-byte steps) and kept: an idle session's last send holds it until
+// the receive linked behind that send completes, so it should be small.
+func (sd *uringSide) copySmall(b []byte) []byte {
+	if len(sd.small) < len(b) {
+		sd.small = make([]byte, (len(b)+255)&^255)
+	}
+	return sd.small[:copy(sd.small, b)]
+}
+
 // sendDone forgets a send that has completed in full.
 func (l *uringLoop) sendDone(sd *uringSide) {
 	sd.sending = nil
@@ -462,12 +473,7 @@ func (l *uringLoop) received(sd *uringSide, res int32, bid int) {
 			f.buf, f.r, f.fw, f.w = f.small, 0, 0, 0
 		}
 		if len(out) <= uringSmallSend {
-			if len(sd.small) < len(out) {
-				// Sized to what the side sends, so that an idle session
-				// holds little: 256-byte steps up to uringSmallSend.
-				sd.small = make([]byte, (len(out)+255)&^255)
-			}
-			out = sd.small[:copy(sd.small, out)]
+			out = sd.copySmall(out)
 			l.bufs.put(bid)
 		} else {
 			sd.sendBid = bid
@@ -503,10 +509,7 @@ func (l *uringLoop) sendEarly(sd *uringSide, p []byte, bid int) {
 	keepP := false
 	if p != nil {
 		if len(out) <= uringSmallSend {
-			if len(sd.small) < len(out) {
-				sd.small = make([]byte, (len(out)+255)&^255)
-			}
-			out = sd.small[:copy(sd.small, out)]
+			out = sd.copySmall(out)
 		} else {
 			sd.sendBid, keepP = bid, true
 		}
