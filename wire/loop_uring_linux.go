@@ -382,11 +382,11 @@ func (l *uringLoop) sent(sd *uringSide, res int32) {
 
 // copySmall copies b, at most uringSmallSend bytes, into the side's small
 // buffer and returns the copy. The buffer is sized to what the side sends
-// (256-byte steps) and kept: an idle session's last send holds it until
+// (64-byte steps) and kept: an idle session's last send holds it until
 // the receive linked behind that send completes, so it should be small.
 func (sd *uringSide) copySmall(b []byte) []byte {
 	if len(sd.small) < len(b) {
-		sd.small = make([]byte, (len(b)+255)&^255)
+		sd.small = make([]byte, (len(b)+63)&^63)
 	}
 	return sd.small[:copy(sd.small, b)]
 }
