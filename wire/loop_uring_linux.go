@@ -47,7 +47,7 @@ const (
 	uringFreeOwn = 64
 )
 
-// user_data of a request: the side's id, a generation and the operation.
+// user_data of a request: the side's id (high 32 bits) and the operation.
 const (
 	uopRecv = iota + 1
 	uopSend
@@ -320,7 +320,6 @@ func (l *uringLoop) complete(ud uint64, res int32, flags uint32) {
 	bid := -1
 	if flags&cqeFBuffer != 0 {
 		bid = int(flags >> cqeBufferShift)
-		l.bufs.free--
 	}
 	switch op {
 	case uopWake:

@@ -252,11 +252,9 @@ func (r *uring) reap(fn func(userData uint64, res int32, flags uint32)) int {
 type bufRing struct {
 	ring  []byte // the entries (16 bytes each); the tail overlays entry 0's last 2 bytes
 	bufs  []byte // n buffers of size bytes
-	size  int
-	mask  uint16
-	tail  uint16
-	free  int // buffers in the ring
-	total int
+	size int
+	mask uint16
+	tail uint16
 }
 
 func newBufRing(r *uring, n, size int) (*bufRing, error) {
@@ -275,7 +273,7 @@ func newBufRing(r *uring, n, size int) (*bufRing, error) {
 		unix.Munmap(bufs)
 		return nil, fmt.Errorf("register provided buffer ring: %w", e)
 	}
-	b := &bufRing{ring: ring, bufs: bufs, size: size, mask: uint16(n - 1), total: n}
+	b := &bufRing{ring: ring, bufs: bufs, size: size, mask: uint16(n - 1)}
 	for i := range n {
 		b.put(i)
 	}
@@ -292,7 +290,6 @@ func (b *bufRing) put(bid int) {
 	*(*uint32)(unsafe.Add(e, 8)) = uint32(b.size)
 	*(*uint16)(unsafe.Add(e, 12)) = uint16(bid)
 	b.tail++
-	b.free++
 	// Publish the tail (bytes 14-15 of entry 0) with a release store of
 	// the word that holds it; the other half is entry 0's bid, which only
 	// this side writes.
