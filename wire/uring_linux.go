@@ -250,8 +250,8 @@ func (r *uring) reap(fn func(userData uint64, res int32, flags uint32)) int {
 // uring as buffer group 0: a receive that selects a buffer takes the next
 // one, so sockets with nothing to read hold none.
 type bufRing struct {
-	ring  []byte // the entries (16 bytes each); the tail overlays entry 0's last 2 bytes
-	bufs  []byte // n buffers of size bytes
+	ring []byte // the entries (16 bytes each); the tail overlays entry 0's last 2 bytes
+	bufs []byte // n buffers of size bytes
 	size int
 	mask uint16
 	tail uint16
