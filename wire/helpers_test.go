@@ -20,7 +20,8 @@ import (
 )
 
 // TestMain runs the package's tests with the relay I/O mode named by
-// PGTRACE_TEST_IO (epoll when unset), so that CI can run them once per mode.
+// PGTRACE_TEST_IO (the default, uring, when unset), so that CI can run them
+// once per mode.
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("PGTRACE_TEST_IO"); mode != "" {
 		if !slices.Contains(IOModes, mode) {

@@ -31,12 +31,12 @@ const (
 	IOGoroutines = "goroutines"
 )
 
-// IOModes lists the values Server.IO accepts.
-var IOModes = []string{IOEpoll, IOURing, IOGoroutines}
+// IOModes lists the values Server.IO accepts, the default first.
+var IOModes = []string{IOURing, IOEpoll, IOGoroutines}
 
 // defaultIO is the mode of a Server whose IO is empty; tests set it from
 // PGTRACE_TEST_IO to run the whole suite in another mode.
-var defaultIO = IOEpoll
+var defaultIO = IOURing
 
 func (srv *Server) ioMode() string {
 	if srv.IO == "" {
@@ -78,12 +78,12 @@ type Server struct {
 	// Logger receives the relay's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// IO is how plain (TCP or Unix socket) sessions are relayed once their
-	// startup packet has gone upstream, on Linux: IOEpoll (the default
-	// when empty), IOURing or IOGoroutines. Sessions with TLS on either
+	// startup packet has gone upstream, on Linux: IOURing (the default
+	// when empty), IOEpoll or IOGoroutines. Sessions with TLS on either
 	// side and replication sessions always use goroutines. Where io_uring
-	// cannot be used (an old kernel, io_uring disabled), IOURing relays
-	// with the epoll loop and logs one warning. Outside Linux every
-	// session uses goroutines.
+	// cannot be used (a kernel older than 6.1, io_uring disabled or
+	// filtered out), IOURing relays with the epoll loop and logs one
+	// warning. Outside Linux every session uses goroutines.
 	IO string
 
 	initOnce     sync.Once

@@ -101,10 +101,10 @@ func (c *config) flags() []cli.Flag {
 				"It has no authentication: keep it on loopback or a private network",
 		},
 		&cli.StringFlag{
-			Name: "io", Value: wire.IOEpoll, Destination: &c.IO, EnvVars: env("io"), Category: catNetwork,
-			Usage: "how plain-TCP and Unix-socket sessions are relayed on Linux: epoll (event loops over epoll), " +
-				"uring (event loops over io_uring: a send and the next receive in the system call that waits; falls back to epoll with a warning where io_uring is not available) " +
-				"or goroutines (two per session, as TLS sessions always use)",
+			Name: "io", Value: wire.IOURing, Destination: &c.IO, EnvVars: env("io"), Category: catNetwork,
+			Usage: "how plain-TCP and Unix-socket sessions are relayed on Linux: uring (event loops over io_uring: each send and the next receive " +
+				"go in the system call that waits; falls back to epoll with one warning where io_uring is not available, as on kernels before 6.1 " +
+				"or where a seccomp profile blocks it), epoll (event loops over epoll) or goroutines (two per session, as TLS sessions always use)",
 		},
 		&cli.DurationFlag{
 			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,

@@ -47,7 +47,7 @@ func defaults() config {
 		Upstream:                   "127.0.0.1:5432",
 		AdminListen:                "127.0.0.1:9187",
 		DialTimeout:                5 * time.Second,
-		IO:                         "epoll",
+		IO:                         "uring",
 		UpstreamSSLMode:            "disable",
 		MaxClientConnections:       1000,
 		ShutdownTimeout:            30 * time.Second,
@@ -86,7 +86,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				"--event-queue-size=8", "--log-format=text", "--log-level=debug",
 				"--slow-query-threshold=2s", "--n-plus-one-threshold=10", "--n-plus-one-window=3s",
 				"--n-plus-one-min-duration=5ms", "--idle-in-transaction-threshold=1m", "--max-fingerprints=7",
-				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false", "--io=uring"},
+				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false", "--io=epoll"},
 			want: func(c *config) {
 				c.AdminListen = ""
 				c.DialTimeout = 250 * time.Millisecond
@@ -100,7 +100,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				c.MaxFingerprints, c.FingerprintCacheSize = 7, 9
 				c.TenantTag = "org"
 				c.KeepSlowSpans = false
-				c.IO = "uring"
+				c.IO = "epoll"
 			},
 		},
 		{
@@ -178,7 +178,7 @@ func TestConfigErrors(t *testing.T) {
 			[]string{"--upstream-sslmode require: PostgreSQL has no TLS on a Unix socket"}},
 		{"bad admin-listen", []string{"--admin-listen", "x"}, nil, []string{"--admin-listen:"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
-		{"relay io", []string{"--io", "kqueue"}, nil, []string{`--io: "kqueue" is not one of epoll, uring, goroutines`}},
+		{"relay io", []string{"--io", "kqueue"}, nil, []string{`--io: "kqueue" is not one of uring, epoll, goroutines`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
 		{"negative cap", []string{"--max-client-connections", "-1"}, nil, []string{"--max-client-connections: must be 0 (no cap) or more"}},
 		{"zero dial timeout", []string{"--dial-timeout", "0s"}, nil, []string{"--dial-timeout: must be positive"}},
