@@ -29,6 +29,10 @@ import (
 // sockets back to the session goroutine as net.Conns for the error replies
 // and the closing, exactly as after the copier goroutines. Sessions with TLS
 // on either side and replication sessions keep the copier goroutines.
+//
+// This is the relay of --io epoll, and of --io uring where io_uring cannot
+// be set up; the io_uring loop (loop_uring_linux.go) follows the same
+// rules with other system calls.
 
 // eventLoop is one epoll set and the goroutine that serves it.
 type eventLoop struct {
