@@ -211,28 +211,6 @@ func (f *framer) frame(obs frameObserver) error {
 	}
 }
 
-// wholeMessages reports whether buf[r:w] holds only complete messages of
-// valid length, none of type hold: frame would take them all, and an
-// observer that refuses only messages of type hold would accept them. An
-// event loop then writes them before frame shows them to the observer, so
-// that the observer's work does not delay them.
-func (f *framer) wholeMessages(hold byte) bool {
-	if f.skip > 0 || f.r == f.w {
-		return false
-	}
-	for i := f.r; i < f.w; {
-		if f.w-i < 5 || f.buf[i] == hold {
-			return false
-		}
-		n := int64(int32(binary.BigEndian.Uint32(f.buf[i+1:])))
-		if n < 4 || n > MaxMessageLen || int64(f.w-i) < n+1 {
-			return false
-		}
-		i += int(n) + 1
-	}
-	return true
-}
-
 // flush writes the framed bytes.
 func (f *framer) flush() error {
 	if f.fw == f.r {

@@ -60,10 +60,6 @@ type loopSide struct {
 	obs   frameObserver
 	fl    flushObserver // obs, when it wants flushed calls
 	end   func(error) *endReason
-	// hold is the message type the observer may refuse (ErrorResponse
-	// for the upstream side; 0 for the client's): read writes a batch
-	// without one before showing it to the observer.
-	hold byte
 	// waiting is true while framed bytes wait for the other socket to take
 	// them: this socket is not read until they have gone.
 	waiting bool
@@ -154,7 +150,7 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	}
 	rel := &loopRelay{l: l, errc: errc}
 	rel.client = loopSide{fd: cfd, other: &rel.upstream, rel: rel, f: fe.f, obs: fe, end: fe.end}
-	rel.upstream = loopSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end, hold: 'E'}
+	rel.upstream = loopSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end}
 	if err := l.add(rel); err != nil {
 		unix.Close(cfd)
 		unix.Close(ufd)
@@ -447,22 +443,6 @@ func (l *eventLoop) readOnce(sd *loopSide) *endReason {
 	}
 	f.w += n
 	f.in += int64(n)
-	if f.wholeMessages(sd.hold) {
-		// Whole messages only: write them first, then let the observer
-		// see them, so that the tracking does not delay the bytes.
-		r := f.r
-		f.r = f.w
-		werr := l.flush(sd)
-		f.r = r
-		f.frame(sd.obs) // takes them all, and the observer refuses none
-		if sd.fl != nil {
-			sd.fl.flushed() // the events of this batch
-		}
-		if werr != nil {
-			return sd.end(werr)
-		}
-		return nil
-	}
 	if err := f.frame(sd.obs); err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {

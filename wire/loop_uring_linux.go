@@ -81,7 +81,6 @@ type uringSide struct {
 	obs   frameObserver
 	fl    flushObserver
 	end   func(error) *endReason
-	hold  byte // the message type the observer may refuse (see loopSide.hold)
 
 	// recvs is 1 while a receive is outstanding (it always completes);
 	// sendOnly is true while a send without a receive behind it is.
@@ -192,7 +191,7 @@ func (s *session) startURingRelay(c, u net.Conn, fe *frontendCopier, be *backend
 	unix.SetNonblock(ufd, false)
 	rel := &uringRelay{l: l, errc: errc}
 	rel.client = uringSide{fd: cfd, other: &rel.upstream, rel: rel, f: fe.f, obs: fe, end: fe.end, sendBid: -1}
-	rel.upstream = uringSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end, hold: 'E', sendBid: -1}
+	rel.upstream = uringSide{fd: ufd, other: &rel.client, rel: rel, f: be.f, obs: be, fl: be, end: be.end, sendBid: -1}
 	for _, f := range []*framer{fe.f, be.f} {
 		// The ring's buffers stand in for the framer's own until a
 		// message straddles two receives.
@@ -452,10 +451,6 @@ func (l *uringLoop) received(sd *uringSide, res int32, bid int) {
 		f.compact()
 	}
 	f.in += int64(n)
-	if !l.r.more && f.wholeMessages(sd.hold) {
-		l.sendEarly(sd, p, bid)
-		return
-	}
 	ferr := f.frame(sd.obs)
 	out := f.buf[f.fw:f.r]
 	f.fw = f.r
@@ -494,44 +489,6 @@ func (l *uringLoop) received(sd *uringSide, res int32, bid int) {
 		return
 	}
 	l.arm(sd)
-}
-
-// sendEarly relays a receive that holds whole messages only, when no
-// other completion waits: it submits the send (and the next receive) at
-// once, then shows the messages to the observer, so that the tracking
-// does not delay the bytes. p is the provided buffer bid the framer reads
-// from, or nil. Under load, when completions come in batches, the sends
-// go with the next wait instead, which saves the extra io_uring_enter.
-func (l *uringLoop) sendEarly(sd *uringSide, p []byte, bid int) {
-	f := sd.f
-	out := f.buf[f.fw:f.w]
-	keepP := false
-	if p != nil {
-		if len(out) <= uringSmallSend {
-			out = sd.copySmall(out)
-		} else {
-			sd.sendBid, keepP = bid, true
-		}
-	}
-	sd.sending = out
-	buf, r, w := f.buf, f.r, f.w
-	if p != nil {
-		// The framer holds nothing once these are framed: the receive
-		// behind the send takes a provided buffer (not p, which is not
-		// back in the ring yet).
-		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
-	}
-	l.arm(sd)
-	l.r.enterRaw(0, false)
-	f.buf, f.r, f.w = buf, r, w
-	f.frame(sd.obs) // takes them all, and the observer refuses none
-	f.fw = f.r
-	if p != nil {
-		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
-		if !keepP {
-			l.bufs.put(bid)
-		}
-	}
 }
 
 // ownBuf makes sure sd's framer has its own buffer and returns it.

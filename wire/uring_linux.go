@@ -123,8 +123,6 @@ type uring struct {
 
 	ringMem, sqeMem []byte
 
-	more bool // during reap: completions follow the one being handled
-
 	arg uringGetEventsArg // the timed wait's argument: in the heap, not on a moving stack
 	ts  unix.Timespec
 }
@@ -239,7 +237,6 @@ func (r *uring) reap(fn func(userData uint64, res int32, flags uint32)) int {
 		c := &r.cqes[head&r.cqMask]
 		ud, res, fl := c.userData, c.res, c.flags
 		atomic.StoreUint32(r.cqHead, head+1) // the slot is free before fn may submit
-		r.more = head+1 != tail
 		fn(ud, res, fl)
 		n++
 	}
