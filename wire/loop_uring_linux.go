@@ -35,7 +35,6 @@ import (
 // that the part of a message left in one fits the side's own buffer.
 const (
 	uringBufSize   = frameBufSize
-	uringBufCount  = 256
 	uringSQEntries = 512
 	uringCQEntries = 8192
 	// uringSmallSend is the most bytes a send from a provided buffer
@@ -46,6 +45,14 @@ const (
 	// uringFreeOwn bounds the own buffers a loop keeps for reuse.
 	uringFreeOwn = 64
 )
+
+// uringBufCount is the number of provided buffers per loop, a power of
+// two; a test makes it small to run the ring dry.
+var uringBufCount = 256
+
+// uringDry counts the receives that found the ring of provided buffers
+// empty and went to the framer's own buffer instead (for tests).
+var uringDry atomic.Int64
 
 // user_data of a request: the side's id (high 32 bits) and the operation.
 const (
@@ -414,6 +421,7 @@ func (l *uringLoop) received(sd *uringSide, res int32, bid int) {
 	case res == -int32(unix.ENOBUFS):
 		// The ring ran dry (sends to slow peers hold its buffers):
 		// receive into the side's own buffer.
+		uringDry.Add(1)
 		l.ownBuf(sd)
 		sd.ownOnly = true
 		l.arm(sd)

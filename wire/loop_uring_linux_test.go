@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -112,5 +113,62 @@ func TestURingFallback(t *testing.T) {
 	}
 	if !strings.Contains(out, "io_uring_setup: invalid argument") {
 		t.Errorf("the log does not say why:\n%s", out)
+	}
+}
+
+// TestURingRingRunsDry gives the ring loop four provided buffers and has
+// eight sessions read large results slowly, so that sends to the slow
+// clients hold every buffer: receives then find the ring empty and go to
+// the sessions' own buffers, and every row still arrives.
+func TestURingRingRunsDry(t *testing.T) {
+	pg := pgtest.Start(t)
+	saved, savedCount := urings, uringBufCount
+	urings, uringBufCount = &uringPool{}, 4
+	t.Cleanup(func() { urings, uringBufCount = saved, savedCount })
+	p := startProxy(t, pg, func(s *Server) { s.IO = IOURing })
+	ctx := ctxT(t)
+	dry := uringDry.Load()
+	const sessions, rowsWanted, width = 8, 3000, 1000
+	errs := make(chan error, sessions)
+	for i := 0; i < sessions; i++ {
+		c := p.connect(t)
+		go func() {
+			r, err := c.Query(ctx, "select repeat('y', $1) from generate_series(1, $2)", width, rowsWanted)
+			if err != nil {
+				errs <- err
+				return
+			}
+			n := 0
+			for r.Next() {
+				var s string
+				if err := r.Scan(&s); err != nil || len(s) != width {
+					errs <- fmt.Errorf("row %d: %v (%d bytes)", n, err, len(s))
+					r.Close()
+					return
+				}
+				n++
+				if n%100 == 0 {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			r.Close()
+			if err := r.Err(); err != nil || n != rowsWanted {
+				errs <- fmt.Errorf("%d rows of %d: %v", n, rowsWanted, err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for i := 0; i < sessions; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if len(urings.loops) == 0 {
+		t.Logf("io_uring not available (%v): checked the fallback", urings.err)
+		return
+	}
+	if uringDry.Load() == dry {
+		t.Error("the ring never ran dry: the test did not test the fallback to own buffers")
 	}
 }
