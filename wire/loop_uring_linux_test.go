@@ -116,19 +116,19 @@ func TestURingFallback(t *testing.T) {
 	}
 }
 
-// TestURingRingRunsDry gives the ring loop four provided buffers and has
-// eight sessions read large results slowly, so that sends to the slow
+// TestURingRingRunsDry gives the ring loop one provided buffer and has
+// eight sessions read large results (20 MB) slowly, so that sends to the slow
 // clients hold every buffer: receives then find the ring empty and go to
 // the sessions' own buffers, and every row still arrives.
 func TestURingRingRunsDry(t *testing.T) {
 	pg := pgtest.Start(t)
 	saved, savedCount := urings, uringBufCount
-	urings, uringBufCount = &uringPool{}, 4
+	urings, uringBufCount = &uringPool{}, 1
 	t.Cleanup(func() { urings, uringBufCount = saved, savedCount })
 	p := startProxy(t, pg, func(s *Server) { s.IO = IOURing })
 	ctx := ctxT(t)
 	dry := uringDry.Load()
-	const sessions, rowsWanted, width = 8, 3000, 1000
+	const sessions, rowsWanted, width = 8, 20000, 1000 // 20 MB each: more than the socket buffers hold
 	errs := make(chan error, sessions)
 	for i := 0; i < sessions; i++ {
 		c := p.connect(t)
