@@ -237,21 +237,28 @@ func (l *uringLoop) add(rel *uringRelay) {
 func (l *uringLoop) run(ready chan<- error) {
 	// As the epoll loop: one thread, SCHED_BATCH (see eventLoop.run).
 	runtime.LockOSThread()
+	fail := func(err error) {
+		// Give the thread back rather than let it end with the goroutine:
+		// a child process started from it with Pdeathsig (pgtest's
+		// PostgreSQL) would get the signal.
+		runtime.UnlockOSThread()
+		ready <- err
+	}
 	r, err := newURing(uringSQEntries, uringCQEntries)
 	if err != nil {
-		ready <- err
+		fail(err)
 		return
 	}
 	bufs, err := newBufRing(r, uringBufCount, uringBufSize)
 	if err != nil {
 		r.close()
-		ready <- err
+		fail(err)
 		return
 	}
 	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		r.close()
-		ready <- fmt.Errorf("eventfd: %w", err)
+		fail(fmt.Errorf("eventfd: %w", err))
 		return
 	}
 	l.r, l.bufs, l.wakeFD = r, bufs, wfd
