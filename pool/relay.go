@@ -130,15 +130,15 @@ var trackedParams = map[string]bool{
 // stmtChange is what one request did to a client's statement name: old is
 // the definition before (nil: none).
 type stmtChange struct {
-	seq  uint64
-	name string
-	old  *stmtDef
+	seq      uint64
+	name     string
+	old, def *stmtDef // before and after (nil: none)
 }
 
 // setStmt changes a client's statement name (def nil: closed), for request
 // seq, and records the change in the journal. r.mu is held.
 func (r *relay) setStmtLocked(seq uint64, name string, def *stmtDef) {
-	r.journal = append(r.journal, stmtChange{seq: seq, name: name, old: r.stmts.get(name)})
+	r.journal = append(r.journal, stmtChange{seq: seq, name: name, old: r.stmts.get(name), def: def})
 	if def == nil {
 		r.stmts.remove(name)
 	} else {
@@ -624,12 +624,14 @@ func (r *relay) serverFor() (*serverConn, error) {
 	}
 	start := time.Now()
 	sc, waited, err := r.pl.acquire(r.ctx)
+	if waited > 0 {
+		// A client that gave up waiting has its statement fail with the
+		// wait on it too.
+		r.ps.NotePoolWait(start, waited)
+	}
 	if err != nil {
 		r.fatalFromErr(err)
 		return nil, err
-	}
-	if waited > 0 {
-		r.ps.NotePoolWait(start, waited)
 	}
 	sc.holder.Store(&holder{connID: r.ps.ConnID(), addr: r.client.RemoteAddr().String()})
 	anchor := r.ps.NextAnswer()
@@ -749,6 +751,12 @@ func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
 		r.confirmParseLocked()
 	case 'E':
 		r.noteErrorLocked()
+	case 'C':
+		if r.mode == ModeTransaction && m.whole {
+			if tag, _, ok := cstring(m.body); ok && (string(tag) == "DISCARD ALL" || string(tag) == "DEALLOCATE ALL") {
+				r.deallocatedAllLocked(sc)
+			}
+		}
 	case 'S':
 		if m.whole {
 			if k, rest, ok := cstring(m.body); ok && trackedParams[string(k)] {
@@ -761,6 +769,35 @@ func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
 		}
 	}
 	return true
+}
+
+// deallocatedAllLocked handles a client's DISCARD ALL or DEALLOCATE ALL
+// that completed: the server connection has no prepared statements left
+// but those Parsed after it (still unconfirmed), and the client none but
+// those it Parsed after it. r.mu is held.
+func (r *relay) deallocatedAllLocked(sc *serverConn) {
+	sc.prepared.clear()
+	for _, p := range r.parses {
+		if p.name != unnamedMark {
+			sc.prepared.restore(p.name)
+		}
+	}
+	// Replay the client's later Parses and Closes, already handled, on an
+	// empty set, and put right what each found before it.
+	at := r.ps.NextAnswer()
+	r.stmts.clear()
+	for i := range r.journal {
+		c := &r.journal[i]
+		if c.seq <= at {
+			continue
+		}
+		c.old = r.stmts.get(c.name)
+		if c.def == nil {
+			r.stmts.remove(c.name)
+		} else {
+			r.stmts.put(c.name, c.def)
+		}
+	}
 }
 
 // toClient writes a server message to the client, the tracker seeing it

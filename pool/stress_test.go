@@ -4,7 +4,8 @@ package pool_test
 // pooled relay. Several clients send random pipelines of what drivers send
 // — named and unnamed statements parsed, described, bound, executed with
 // and without row limits, closed and parsed again, errors mid-pipeline,
-// Flush, explicit transactions with portals fetched in parts — each batch
+// Flush, explicit transactions with portals fetched in parts, DEALLOCATE
+// ALL and DISCARD ALL — each batch
 // once straight to PostgreSQL and once through a transaction-mode pool
 // smaller than the number of clients, so that the clients' statements move
 // between server connections all the time. What each client receives must
@@ -78,6 +79,18 @@ func (c *stressClient) batch() []pgproto3.FrontendMessage {
 		}
 		c.inTx = !c.inTx
 		return msgs
+	}
+	if c.rnd.Intn(30) == 0 {
+		// A driver's or a pool's reset: the client's statements are gone
+		// (and DISCARD ALL fails inside a transaction).
+		q := "DEALLOCATE ALL"
+		if c.rnd.Intn(2) == 0 {
+			q = "DISCARD ALL"
+		}
+		if q == "DEALLOCATE ALL" || !c.inTx {
+			clear(c.names)
+		}
+		return append(msgs, &pgproto3.Query{String: q})
 	}
 	for range 1 + c.rnd.Intn(4) {
 		q := stressQueries[c.rnd.Intn(len(stressQueries))]
