@@ -14,6 +14,7 @@ import (
 
 	"github.com/dotmac/pgtrace/export/internal/fastspan"
 	"github.com/dotmac/pgtrace/internal/otelenv"
+	"github.com/dotmac/pgtrace/pool"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -78,6 +79,12 @@ type Exporter struct {
 	conns   map[uint64]*connState
 	sweepAt int // len(conns) at which the next ConnOpened sweeps
 	sets    map[setKey]*metricSets
+
+	// poolMu guards the pools' attribute sets and state (pool.go); the
+	// pool hooks take it from session goroutines.
+	poolMu   sync.Mutex
+	poolSets map[string]*poolSets
+	pools    func() []pool.Stats // nil until ObservePools
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
@@ -127,13 +134,15 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		sweepAt: minSweepAt,
 		sets:    make(map[setKey]*metricSets),
 		reg:     prometheus.NewRegistry(),
+
+		poolSets: make(map[string]*poolSets),
 	}
 	if cfg.UpstreamAddr != "" {
 		e.serverAddr, e.serverPort = splitHostPort(cfg.UpstreamAddr)
 	}
-	pool := keyConnPoolName.String(cfg.UpstreamAddr)
-	e.connStateIdle = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("idle")))
-	e.connStateUsed = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("used")))
+	upstream := keyConnPoolName.String(cfg.UpstreamAddr)
+	e.connStateIdle = metric.WithAttributeSet(attribute.NewSet(attrSystem, upstream, keyConnState.String("idle")))
+	e.connStateUsed = metric.WithAttributeSet(attribute.NewSet(attrSystem, upstream, keyConnState.String("used")))
 
 	res, err := resource.New(ctx,
 		resource.WithAttributes(
@@ -339,7 +348,8 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 	}
 	if cfg.ExponentialHistograms {
 		exp := sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: 20}}
-		for _, name := range []string{"db.client.operation.duration", "db.client.connection.create_time", "pgtrace.transaction.duration"} {
+		for _, name := range []string{"db.client.operation.duration", "db.client.connection.create_time",
+			"db.client.connection.wait_time", "db.client.connection.use_time", "pgtrace.transaction.duration"} {
 			opts = append(opts, sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: name}, exp)))
 		}
 	}
