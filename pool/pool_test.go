@@ -48,6 +48,8 @@ func setupRole(t *testing.T, pg *pgtest.Server) {
 			"CREATE TABLE pooled_items (id int PRIMARY KEY, v text)",
 			"GRANT ALL ON pooled_items TO " + poolUser,
 			"INSERT INTO pooled_items SELECT g, 'item ' || g FROM generate_series(1, 1000) g",
+			"CREATE TABLE pooled_copy (id int, v text)",
+			"GRANT ALL ON pooled_copy TO " + poolUser,
 		} {
 			if _, err = c.Exec(ctx, q); err != nil {
 				err = fmt.Errorf("%s: %w", q, err)
@@ -375,4 +377,163 @@ func TestClientKilledMidTransaction(t *testing.T) {
 		t.Errorf("the next client saw %q, in a transaction: %v; want the row unchanged and no transaction", v, inTx)
 	}
 	_ = io.EOF
+}
+
+// TestPreparedAcrossServerConnections: a client's named statement follows
+// it to whichever server connection it gets; a Close and a new Parse of the
+// name take effect; the statement events carry the client's own names.
+func TestPreparedAcrossServerConnections(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 2 })
+	ctx := context.Background()
+	c := p.connect(t, pgx.QueryExecModeCacheStatement)
+	// Another client holds one server connection in a transaction, so
+	// that the first client's transactions alternate between the pool's
+	// connections as it holds and releases the other.
+	other := p.connect(t, pgx.QueryExecModeExec)
+	for round := range 6 {
+		if round%2 == 1 {
+			tx, err := other.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+		}
+		var v string
+		if err := c.QueryRow(ctx, "SELECT v FROM pooled_items WHERE id = $1", round+1).Scan(&v); err != nil || v != fmt.Sprintf("item %d", round+1) {
+			t.Fatalf("round %d: %q, %v", round, v, err)
+		}
+	}
+	pc := c.PgConn()
+	if _, err := pc.Prepare(ctx, "s1", "SELECT 'first'::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		t.Helper()
+		res := pc.ExecPrepared(ctx, "s1", nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 {
+			t.Fatalf("execute s1: %v", res.Err)
+		}
+		return string(res.Rows[0][0])
+	}
+	if got := read(); got != "first" {
+		t.Fatalf("s1 = %q", got)
+	}
+	if err := pc.Deallocate(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pc.Prepare(ctx, "s1", "SELECT 'second'::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "second" {
+		t.Fatalf("s1 after Close and Parse = %q, want second", got)
+	}
+	// Events: the client's statement name, the text it parsed. They
+	// reach the observer through the relay's queue.
+	var got []wire.Statement
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && len(got) < 2; time.Sleep(10 * time.Millisecond) {
+		got = p.rec.statements(func(s *wire.Statement) bool { return s.StatementName == "s1" })
+	}
+	if len(got) != 2 || got[0].Text != "SELECT 'first'::text" || got[1].Text != "SELECT 'second'::text" {
+		t.Errorf("s1's events: %+v", got)
+	}
+}
+
+// TestPoolMaxWait: a client that waits longer than MaxWait for a server
+// connection gets 53300 and says why; the pool goes on serving.
+func TestPoolMaxWait(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1; c.MaxWait = 300 * time.Millisecond })
+	ctx := context.Background()
+	holder := p.connect(t, pgx.QueryExecModeExec)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := p.connect(t, pgx.QueryExecModeExec)
+	start := time.Now()
+	_, err = waiter.Exec(ctx, "SELECT 1")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, "--pool-size") {
+		t.Fatalf("waiter: %v, want 53300 naming --pool-size", err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond || took > 5*time.Second {
+		t.Errorf("gave up after %v, want about 300ms", took)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := p.connect(t, pgx.QueryExecModeExec)
+	if _, err := next.Exec(ctx, "SELECT 1"); err != nil {
+		t.Errorf("after the holder committed: %v", err)
+	}
+}
+
+// TestSessionModeReset: in session mode a client keeps its server
+// connection; when it leaves, DISCARD ALL runs before the next client gets
+// it, so nothing of the first session's state is left.
+func TestSessionModeReset(t *testing.T) {
+	p := startPooled(t, pool.ModeSession, func(c *pool.Config) { c.Size = 1 })
+	ctx := context.Background()
+	first := p.connect(t, pgx.QueryExecModeExec)
+	var pid1 int
+	if err := first.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid1); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SET search_path TO pg_catalog", "PREPARE leftover AS SELECT 1", "LISTEN leftover_channel", "CREATE TEMP TABLE leftover (x int)"} {
+		if _, err := first.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	var again int
+	if err := first.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&again); err != nil || again != pid1 {
+		t.Fatalf("session mode changed server connection: %d then %d (%v)", pid1, again, err)
+	}
+	first.Close(ctx)
+	second := p.connect(t, pgx.QueryExecModeExec)
+	var pid2 int
+	var path string
+	var prepared, listening, temps int
+	if err := second.QueryRow(ctx, `SELECT pg_backend_pid(), current_setting('search_path'),
+		(SELECT count(*) FROM pg_prepared_statements), (SELECT count(*) FROM pg_listening_channels()),
+		(SELECT count(*) FROM pg_class WHERE relpersistence = 't')`).Scan(&pid2, &path, &prepared, &listening, &temps); err != nil {
+		t.Fatal(err)
+	}
+	if pid2 != pid1 {
+		t.Errorf("the second client got backend %d, want the pooled %d", pid2, pid1)
+	}
+	if path == "pg_catalog" || prepared != 0 || listening != 0 || temps != 0 {
+		t.Errorf("the first session's state is left: search_path %q, %d prepared, %d channels, %d temp tables", path, prepared, listening, temps)
+	}
+}
+
+// TestTransactionModeCopy: COPY in both directions through a pool of 1,
+// with pgx's CopyFrom, which streams without waiting.
+func TestTransactionModeCopy(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1 })
+	ctx := context.Background()
+	c := p.connect(t, pgx.QueryExecModeCacheStatement)
+	table := "pooled_copy" // made by setupRole: a temp table would stay on one server connection
+	if _, err := c.Exec(ctx, "TRUNCATE "+table); err != nil {
+		t.Fatal(err)
+	}
+	rows := make([][]any, 5000)
+	for i := range rows {
+		rows[i] = []any{i, strings.Repeat("x", i%50)}
+	}
+	n, err := c.CopyFrom(ctx, pgx.Identifier{table}, []string{"id", "v"}, pgx.CopyFromRows(rows))
+	if err != nil || n != 5000 {
+		t.Fatalf("CopyFrom: %d, %v", n, err)
+	}
+	var buf strings.Builder
+	res, err := c.PgConn().CopyTo(ctx, &buf, "COPY "+table+" TO STDOUT")
+	if err != nil || res.RowsAffected() != 5000 {
+		t.Fatalf("CopyTo: %v, %v", res, err)
+	}
+	// A failing COPY leaves the pool usable.
+	if _, err := c.CopyFrom(ctx, pgx.Identifier{"no_such_table"}, []string{"id"}, pgx.CopyFromRows([][]any{{1}})); err == nil {
+		t.Fatal("CopyFrom into a missing table succeeded")
+	}
+	var count int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&count); err != nil || count != 5000 {
+		t.Fatalf("count: %d, %v", count, err)
+	}
 }

@@ -66,10 +66,11 @@ type relay struct {
 	// parses and closes are the server-side names of the Parses and of
 	// the relay's own Closes sent to the server connection and not yet
 	// confirmed (ParseComplete, CloseComplete come in order), oldest
-	// first; at ReadyForQuery those still there were skipped after an
+	// first, each with the client request it belongs to; at a
+	// ReadyForQuery, those of the requests it ended were skipped after an
 	// error, and the books are put right.
-	parses []string
-	closes []string
+	parses []sent
+	closes []sent
 	lost   error // the server connection broke
 	// writing is true while the client's goroutine writes to the server
 	// connection: it must not go back to the pool then, even when the
@@ -282,7 +283,7 @@ func (r *relay) handleMessage(m message) error {
 			}
 			r.mu.Lock()
 			r.unnamed, sc.unnamed = d, d.server
-			r.parses = append(r.parses, unnamedMark)
+			r.parses = append(r.parses, sent{unnamedMark, r.ps.Pushed() - 1})
 			r.mu.Unlock()
 			return r.forward(sc, m, nil)
 		}
@@ -400,10 +401,10 @@ func (r *relay) prepareLocked(sc *serverConn, def *stmtDef, seq uint64, inject b
 	var out []byte
 	if evict := sc.prepared.add(def.server); evict != "" {
 		r.injected = append(r.injected, injection{anchor: seq, kind: injClose, name: evict})
-		r.closes = append(r.closes, evict)
+		r.closes = append(r.closes, sent{evict, seq})
 		out = appendMsg(out, 'C', targetBody('S', evict))
 	}
-	r.parses = append(r.parses, def.server)
+	r.parses = append(r.parses, sent{def.server, seq})
 	if inject {
 		r.injected = append(r.injected, injection{anchor: seq, kind: injParse, name: def.server})
 		out = appendMsg(out, 'P', def.parseBody(def.server))
@@ -473,7 +474,7 @@ func (r *relay) useUnnamed(m message) error {
 		r.injected = append(r.injected, injection{anchor: r.ps.Pushed() - 1, kind: injParse})
 		pre = appendMsg(nil, 'P', d.parseBody(""))
 		sc.unnamed = d.server
-		r.parses = append(r.parses, unnamedMark)
+		r.parses = append(r.parses, sent{unnamedMark, r.ps.Pushed() - 1})
 	}
 	r.mu.Unlock()
 	return r.forward(sc, m, pre)
@@ -691,20 +692,21 @@ func (r *relay) ready(sc *serverConn, status byte) bool {
 	r.status = status
 	// Parses and Closes the server skipped after an error: the
 	// statements are not there, or still there.
-	for _, n := range r.parses {
-		if n == unnamedMark {
+	next := r.ps.NextAnswer()
+	for len(r.parses) > 0 && r.parses[0].anchor < next {
+		if n := r.parses[0].name; n == unnamedMark {
 			sc.unnamed = ""
 		} else {
 			sc.prepared.remove(n)
 		}
+		r.parses = r.parses[1:]
 	}
-	for _, n := range r.closes {
-		sc.prepared.restore(n)
+	for len(r.closes) > 0 && r.closes[0].anchor < next {
+		sc.prepared.restore(r.closes[0].name)
+		r.closes = r.closes[1:]
 	}
-	r.parses, r.closes = r.parses[:0], r.closes[:0]
 	// Requests the server skipped after an error get no answer: neither
 	// do the relay's own among them.
-	next := r.ps.NextAnswer()
 	for len(r.injected) > 0 && r.injected[0].anchor < next {
 		r.injected = r.injected[1:]
 	}
@@ -730,6 +732,14 @@ func (r *relay) ready(sc *serverConn, status byte) bool {
 		r.pl.release(sc, true)
 	}
 	return release
+}
+
+// sent is a Parse or Close sent to the server: the statement's
+// server-side name, and the client request it belongs to (its own, or the
+// one it was sent for).
+type sent struct {
+	name   string
+	anchor uint64
 }
 
 // unnamedMark stands for the unnamed statement in relay.parses.
