@@ -80,11 +80,12 @@ type Exporter struct {
 	sweepAt int // len(conns) at which the next ConnOpened sweeps
 	sets    map[setKey]*metricSets
 
-	// poolMu guards the pools' attribute sets and state (pool.go); the
-	// pool hooks take it from session goroutines.
-	poolMu   sync.Mutex
-	poolSets map[string]*poolSets
-	pools    func() []pool.Stats // nil until ObservePools
+	// The pools' attribute sets, by pool (pool.go), read by the pool
+	// hooks on session goroutines; poolMu guards adding to them, and pools.
+	poolSets     sync.Map // pool.Key → *poolSets
+	poolMu       sync.Mutex
+	poolSetCount int                 // entries in poolSets
+	pools        func() []pool.Stats // nil until ObservePools
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
@@ -134,8 +135,6 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 		sweepAt: minSweepAt,
 		sets:    make(map[setKey]*metricSets),
 		reg:     prometheus.NewRegistry(),
-
-		poolSets: make(map[string]*poolSets),
 	}
 	if cfg.UpstreamAddr != "" {
 		e.serverAddr, e.serverPort = splitHostPort(cfg.UpstreamAddr)

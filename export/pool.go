@@ -42,16 +42,22 @@ type poolSets struct {
 // maxPoolSets bounds Exporter.poolSets; when full it is cleared.
 const maxPoolSets = 1024
 
-// poolSetsFor returns the cached options of pool name. Safe from any
-// goroutine.
-func (e *Exporter) poolSetsFor(name string) *poolSets {
+// poolSetsFor returns the cached options of pool key. Safe from any
+// goroutine: the hooks of every session call it, without a lock or an
+// allocation once the pool's sets are made.
+func (e *Exporter) poolSetsFor(key pool.Key) *poolSets {
+	if ps, ok := e.poolSets.Load(key); ok {
+		return ps.(*poolSets)
+	}
 	e.poolMu.Lock()
 	defer e.poolMu.Unlock()
-	if ps, ok := e.poolSets[name]; ok {
-		return ps
+	if ps, ok := e.poolSets.Load(key); ok {
+		return ps.(*poolSets)
 	}
-	if len(e.poolSets) >= maxPoolSets {
-		clear(e.poolSets)
+	name := key.Name()
+	if e.poolSetCount >= maxPoolSets {
+		e.poolSets.Clear()
+		e.poolSetCount = 0
 	}
 	opt := metricAttrs(attrSystem, keyConnPoolName.String(name))
 	a := []attribute.KeyValue{attrSystem, keyConnPoolName.String(name)}
@@ -61,7 +67,8 @@ func (e *Exporter) poolSetsFor(name string) *poolSets {
 		add:    []metric.AddOption{opt},
 		create: []metric.RecordOption{metricAttrs(a...)},
 	}
-	e.poolSets[name] = ps
+	e.poolSets.Store(key, ps)
+	e.poolSetCount++
 	return ps
 }
 
@@ -71,7 +78,7 @@ func (e *Exporter) PoolHooks() pool.Hooks {
 	ctx := context.Background()
 	return pool.Hooks{
 		Waited: func(key pool.Key, _ time.Time, d time.Duration, timedOut bool) {
-			ps := e.poolSetsFor(key.Name())
+			ps := e.poolSetsFor(key)
 			e.inst.waitTime.Record(ctx, d.Seconds(), ps.rec...)
 			if timedOut {
 				e.inst.timeouts.Add(ctx, 1, ps.add...)
@@ -86,7 +93,7 @@ func (e *Exporter) PoolHooks() pool.Hooks {
 					errType = se.SQLState()
 				}
 			} else {
-				e.inst.createTime.Record(ctx, d.Seconds(), e.poolSetsFor(key.Name()).create...)
+				e.inst.createTime.Record(ctx, d.Seconds(), e.poolSetsFor(key).create...)
 			}
 			a := []attribute.KeyValue{attrSystem, keyAuthOutcome.String(outcome), keyApplication.String("")}
 			if errType != "" {
@@ -95,7 +102,7 @@ func (e *Exporter) PoolHooks() pool.Hooks {
 			e.inst.connsOpened.Add(ctx, 1, metricAttrs(a...))
 		},
 		Used: func(key pool.Key, d time.Duration) {
-			e.inst.useTime.Record(ctx, d.Seconds(), e.poolSetsFor(key.Name()).rec...)
+			e.inst.useTime.Record(ctx, d.Seconds(), e.poolSetsFor(key).rec...)
 		},
 	}
 }

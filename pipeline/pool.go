@@ -32,12 +32,20 @@ func (p *Pipeline) PoolHooks() pool.Hooks {
 			p.report(det.ObservePool(ev))
 		}
 	}
+	// Most waits are short (none at all when a connection is idle): they
+	// cannot make a pool exhausted, and do not take the detector's lock.
+	var threshold time.Duration
+	if det != nil {
+		threshold = det.Config().PoolExhaustedThreshold
+	}
 	return pool.Hooks{
 		Waited: func(key pool.Key, start time.Time, d time.Duration, timedOut bool) {
 			if exp.Waited != nil {
 				exp.Waited(key, start, d, timedOut)
 			}
-			observe(detector.PoolEvent{Kind: detector.PoolWaited, Pool: key.Name(), Time: start.Add(d), Start: start, Wait: d, TimedOut: timedOut})
+			if timedOut || d >= threshold {
+				observe(detector.PoolEvent{Kind: detector.PoolWaited, Pool: key.Name(), Time: start.Add(d), Start: start, Wait: d, TimedOut: timedOut})
+			}
 		},
 		Created: func(key pool.Key, d time.Duration, err error) {
 			if exp.Created != nil {
