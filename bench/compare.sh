@@ -22,8 +22,17 @@
 # Environment: ROUNDS (3), DURATION seconds per run (10), CLIENTS ("1 16"),
 # MODES ("simple prepared"), SCALE (pgbench scale, 10), IDLE_CONNS (1000;
 # 0 skips the idle-memory measurement of pgtrace), PGTRACE_ARGS (extra serve
-# flags), BOUNCER_FRESH (1), EXPORT (0; 1 exports every span and metric over
-# OTLP/gRPC to bench/otlpsink, a receiver that counts and discards),
+# flags), IO_MODES (empty; a list such as "epoll uring goroutines" runs one
+# pgtrace per relay mode, each with --io MODE, as targets of their own in
+# every round), BOUNCER_FRESH (1), EXPORT (0; 1 exports every span and metric over
+# OTLP/gRPC to bench/otlpsink, a receiver that counts and discards; the
+# sampling ratio is OTEL_TRACES_SAMPLING_RATIO, 1 unless set), IDLE_FAKE (0; 1
+# sends the idle connections to bench/fakepg, a stand-in server, so that
+# IDLE_CONNS=10000 does not need 10,000 PostgreSQL backends), PERF (0; 1
+# counts each proxy's system calls and context switches per transaction
+# with perf stat, and splits its CPU into the busiest thread and the rest),
+# STREAM_MB (0; N reads an N-megabyte result through each pgtrace and
+# reports its peak memory),
 # UPSTREAM_SOCKET (0; 1 has both proxies reach PostgreSQL over its Unix
 # socket, as when they run on the database's host; pgbench always uses TCP).
 set -euo pipefail
@@ -36,6 +45,10 @@ MODES="${MODES:-simple prepared}"
 SCALE="${SCALE:-10}"
 IDLE_CONNS="${IDLE_CONNS:-1000}"
 PGTRACE_ARGS="${PGTRACE_ARGS:-}"
+IO_MODES="${IO_MODES:-}"
+IDLE_FAKE="${IDLE_FAKE:-0}"
+PERF="${PERF:-0}"
+STREAM_MB="${STREAM_MB:-0}"
 BOUNCER_FRESH="${BOUNCER_FRESH:-1}"
 EXPORT="${EXPORT:-0}"
 UPSTREAM_SOCKET="${UPSTREAM_SOCKET:-0}"
@@ -72,7 +85,7 @@ apt_install() {
 free_port() { # a loopback port nothing listens on
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % 20000)) # below the ephemeral ports the idle clients use
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
 	done
 }
@@ -119,6 +132,7 @@ say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:
 as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$work/initdb.log" 2>&1 ||
 	{ cat "$work/initdb.log" >&2; exit 1; }
 max_conns=$((IDLE_CONNS + 200))
+if [ "$IDLE_FAKE" = 1 ]; then max_conns=300; fi
 as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 120 \
 	-o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c max_connections=$max_conns -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off" \
 	start >/dev/null || { cat "$work/postgres.log" >&2; exit 1; }
@@ -189,28 +203,54 @@ if [ "$EXPORT" = 1 ]; then
 	for _ in $(seq 1 100); do [ -s "$work/otlpsink.addr" ] && break; sleep 0.1; done
 	export OTEL_EXPORTER_OTLP_ENDPOINT="http://$(cat "$work/otlpsink.addr")"
 	export OTEL_METRIC_EXPORT_INTERVAL=5000
-	say "exporting over OTLP/gRPC to bench/otlpsink at $OTEL_EXPORTER_OTLP_ENDPOINT"
+	export OTEL_TRACES_SAMPLING_RATIO="${OTEL_TRACES_SAMPLING_RATIO:-1}"
+	say "exporting over OTLP/gRPC to bench/otlpsink at $OTEL_EXPORTER_OTLP_ENDPOINT, sampling ratio $OTEL_TRACES_SAMPLING_RATIO"
 fi
-# start_pgtrace NAME PORT: sets pgtrace_pid.
+# start_pgtrace NAME PORT [FLAGS...]: sets pgtrace_pid.
 start_pgtrace() {
 	local name="$1" p="$2"
+	shift 2
 	# shellcheck disable=SC2086 # PGTRACE_ARGS is a list of flags
 	setsid "$work/pgtrace" serve --listen "127.0.0.1:$p" --upstream "$pgtrace_upstream" --admin-listen "" \
-		--log-level warn --max-client-connections $((IDLE_CONNS + 100)) $PGTRACE_ARGS 2>"$work/pgtrace-$name.log" &
+		--log-level warn --max-client-connections $((IDLE_CONNS + 100)) $PGTRACE_ARGS "$@" 2>"$work/pgtrace-$name.log" &
 	pgtrace_pid=$!
 	pids+=($!)
 	wait_port "$p" || { cat "$work/pgtrace-$name.log" >&2; exit 1; }
 }
-pgtrace_port="$(free_port)"
-start_pgtrace bench "$pgtrace_port"
-say "$("$work/pgtrace" version) on 127.0.0.1:$pgtrace_port"
-
-declare -A port=([direct]=$pg_port [pgbouncer]=$bouncer_port [pgtrace]=$pgtrace_port)
-declare -A proxy_pid=([pgbouncer]=$bouncer_pid [pgtrace]=$pgtrace_pid)
+declare -A port=([direct]=$pg_port [pgbouncer]=$bouncer_port)
+declare -A proxy_pid=([pgbouncer]=$bouncer_pid)
+declare -A io_flag=()
+targets=(direct pgbouncer)
+if [ -z "$IO_MODES" ]; then
+	p="$(free_port)"
+	start_pgtrace bench "$p"
+	port[pgtrace]=$p; proxy_pid[pgtrace]=$pgtrace_pid; io_flag[pgtrace]=""
+	targets+=(pgtrace)
+	say "$("$work/pgtrace" version) on 127.0.0.1:$p"
+else
+	for m in $IO_MODES; do
+		p="$(free_port)"
+		start_pgtrace "$m" "$p" --io "$m"
+		port[pgtrace-$m]=$p; proxy_pid[pgtrace-$m]=$pgtrace_pid; io_flag[pgtrace-$m]="--io $m"
+		targets+=("pgtrace-$m")
+		say "$("$work/pgtrace" version) --io $m on 127.0.0.1:$p"
+	done
+fi
+ntargets=${#targets[@]}
 tick="$(getconf CLK_TCK)"
 # cpu_ticks PID: the user + system CPU time PID has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-targets=(direct pgbouncer pgtrace)
+# thread_ticks PID: "tid ticks" for each thread of PID.
+thread_ticks() {
+	local f
+	for f in /proc/"$1"/task/*/stat; do
+		awk '{ sub(/^.*\) /, ""); print FILENAME, $12 + $13 }' "$f" 2>/dev/null
+	done | sed 's#/proc/[0-9]*/task/\([0-9]*\)/stat#\1#'
+}
+if [ "$PERF" = 1 ]; then
+	command -v perf >/dev/null || apt_install linux-perf
+	: >"$work/perf.tsv"
+fi
 
 # --- pgbench rounds ------------------------------------------------------------
 results="$work/results.tsv" # round mode clients target tps latency_ms proxy_cpu_us_per_tx
@@ -221,11 +261,17 @@ for round in $(seq 1 "$ROUNDS"); do
 		for c in $CLIENTS; do
 			jobs=$((c < 2 ? c : 2))
 			# Rotate the order each round so no target always runs first.
-			for i in 0 1 2; do
-				t="${targets[$(((i + round - 1) % 3))]}"
+			for i in $(seq 0 $((ntargets - 1))); do
+				t="${targets[$(((i + round - 1) % ntargets))]}"
 				if [ "$t" = pgbouncer ] && [ "$BOUNCER_FRESH" = 1 ]; then fresh_pgbouncer; fi
 				pid="${proxy_pid[$t]:-}"
 				c0=0; [ -z "$pid" ] || c0="$(cpu_ticks "$pid")"
+				perf_pid=""
+				if [ "$PERF" = 1 ] && [ -n "$pid" ]; then
+					thread_ticks "$pid" >"$work/threads0"
+					perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.csv" &
+					perf_pid=$!
+				fi
 				out="$("$PGBENCH" -n -S -M "$mode" -c "$c" -j "$jobs" -T "$DURATION" \
 					-h 127.0.0.1 -p "${port[$t]}" -U postgres postgres 2>&1)" || { echo "$out" >&2; exit 1; }
 				tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
@@ -235,8 +281,21 @@ for round in $(seq 1 "$ROUNDS"); do
 				if [ -n "$pid" ]; then
 					cpu="$(awk -v a="$c0" -v b="$(cpu_ticks "$pid")" -v t="$tick" -v n="$txs" 'BEGIN{printf "%.1f", (b - a) / t * 1e6 / n}')"
 				fi
+				if [ -n "$perf_pid" ]; then
+					kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+					thread_ticks "$pid" >"$work/threads1"
+					# syscalls and context switches per transaction; the
+					# busiest thread's CPU and the other threads' per transaction.
+					awk -F, -v n="$txs" -v t="$tick" -v r="$round" -v m="$mode" -v c="$c" -v tg="$t" '
+						FILENAME ~ /perf.csv/ && $3 ~ /sys_enter/ { sc = $1 }
+						FILENAME ~ /perf.csv/ && $3 ~ /context-switches/ { cs = $1 }
+						FILENAME ~ /threads0/ { split($0, a, " "); t0[a[1]] = a[2] }
+						FILENAME ~ /threads1/ { split($0, a, " "); d = a[2] - t0[a[1]]; tot += d; if (d > top) top = d }
+						END { printf "%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.1f\t%.1f\n", r, m, c, tg, sc / n, cs / n, top / t * 1e6 / n, (tot - top) / t * 1e6 / n }
+					' "$work/perf.csv" "$work/threads0" "$work/threads1" >>"$work/perf.tsv"
+				fi
 				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" "$cpu" >>"$results"
-				printf '  round %s  %-8s  %2s client(s)  %-9s  %10.1f tps  %7.3f ms\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" >&2
+				printf '  round %s  %-8s  %2s client(s)  %-16s  %10.1f tps  %7.3f ms  %6s us/tx\n' "$round" "$mode" "$c" "$t" "$tps" "$lat" "$cpu" >&2
 			done
 		done
 	done
@@ -244,8 +303,8 @@ done
 
 # --- report --------------------------------------------------------------------
 echo
-echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round; PgBouncer pool reset before each run: $BOUNCER_FRESH; OTLP export: $EXPORT; proxies to PostgreSQL over: $([ "$UPSTREAM_SOCKET" = 1 ] && echo "Unix socket" || echo TCP)"
-awk -F'\t' '
+echo "pgbench -S, ${DURATION}s per run, scale $SCALE, $(nproc) CPU(s); ratios are taken within each round; PgBouncer pool reset before each run: $BOUNCER_FRESH; OTLP export: $EXPORT$([ "$EXPORT" = 1 ] && echo " (sampling ratio $OTEL_TRACES_SAMPLING_RATIO)"); proxies to PostgreSQL over: $([ "$UPSTREAM_SOCKET" = 1 ] && echo "Unix socket" || echo TCP)"
+awk -F'\t' -v proxies="${targets[*]:2}" '
 function median(list,   n, a, i, j, t) {
 	n = split(list, a, " ")
 	for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -258,26 +317,71 @@ function median(list,   n, a, i, j, t) {
 	if ($1 > rounds) rounds = $1
 }
 END {
-	printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9s %9s | %9s %9s | %7s %7s\n", "mode", "clients", "round",
-		"direct", "pgbouncer", "pgtrace", "lat_dir", "lat_bnc", "lat_pgt", "pgt/dir", "pgt/bnc", "+lat_bnc", "+lat_pgt", "cpu_bnc", "cpu_pgt"
+	np = split("pgbouncer " proxies, px, " ")
+	printf "%-9s %7s %-16s %5s | %10s %8s | %8s %8s | %9s %9s | %7s %8s\n", "mode", "clients", "target", "round",
+		"tps", "lat_ms", "/direct", "/bouncer", "+lat_ms", "", "cpu_us", "cpu/bnc"
 	for (i = 1; i <= nk; i++) {
 		k = order[i]; split(k, kk, SUBSEP)
-		rd = ""; rb = ""; ab = ""; ap = ""; cb = ""; cp = ""
-		for (r = 1; r <= rounds; r++) {
-			d = tps[r, k, "direct"]; b = tps[r, k, "pgbouncer"]; p = tps[r, k, "pgtrace"]
-			ld = lat[r, k, "direct"]; lb = lat[r, k, "pgbouncer"]; lp = lat[r, k, "pgtrace"]
-			printf "%-9s %7s %5s | %10.1f %10.1f %10.1f | %8.3f %8.3f %8.3f | %9.3f %9.3f | %9.3f %9.3f | %7.1f %7.1f\n",
-				kk[1], kk[2], r, d, b, p, ld, lb, lp, p / d, p / b, lb - ld, lp - ld, cpu[r, k, "pgbouncer"], cpu[r, k, "pgtrace"]
-			rd = rd " " p / d; rb = rb " " p / b; ab = ab " " lb - ld; ap = ap " " lp - ld
-			cb = cb " " cpu[r, k, "pgbouncer"]; cp = cp " " cpu[r, k, "pgtrace"]
+		for (q = 1; q <= np; q++) {
+			t = px[q]; rd = ""; rb = ""; al = ""; cp = ""; cr = ""
+			for (r = 1; r <= rounds; r++) {
+				d = tps[r, k, "direct"]; b = tps[r, k, "pgbouncer"]; p = tps[r, k, t]
+				ld = lat[r, k, "direct"]; lp = lat[r, k, t]
+				c = cpu[r, k, t]; cb = cpu[r, k, "pgbouncer"]
+				printf "%-9s %7s %-16s %5s | %10.1f %8.3f | %8.3f %8.3f | %9.3f %9s | %7.1f %8.3f\n",
+					kk[1], kk[2], t, r, p, lp, p / d, p / b, lp - ld, "", c, c / cb
+				rd = rd " " p / d; rb = rb " " p / b; al = al " " lp - ld; cp = cp " " c; cr = cr " " c / cb
+			}
+			printf "%-9s %7s %-16s %5s | %10s %8s | %8.3f %8.3f | %9.3f %9s | %7.1f %8.3f\n",
+				kk[1], kk[2], t, "median", "", "", median(rd), median(rb), median(al), "", median(cp), median(cr)
 		}
-		printf "%-9s %7s %5s | %10s %10s %10s | %8s %8s %8s | %9.3f %9.3f | %9.3f %9.3f | %7.1f %7.1f\n",
-			kk[1], kk[2], "median", "", "", "", "", "", "", median(rd), median(rb), median(ab), median(ap), median(cb), median(cp)
 	}
 	print ""
-	print "pgt/dir, pgt/bnc: pgtrace TPS over direct and PgBouncer TPS; +lat_bnc, +lat_pgt: milliseconds each proxy adds to the average latency;"
-	print "cpu_bnc, cpu_pgt: CPU microseconds (user + system) each proxy process spent per transaction, the measure least moved by other load"
+	print "/direct, /bouncer: TPS over direct and over PgBouncer within the round; +lat_ms: milliseconds the target adds to the average latency of direct;"
+	print "cpu_us: CPU microseconds (user + system) the proxy process spent per transaction, the measure least moved by other load; cpu/bnc: that over PgBouncer'"'"'s in the same round"
 }' "$results"
+if [ "$PERF" = 1 ]; then
+	echo
+	echo "perf stat and /proc, per transaction (medians of the rounds): syscalls, context switches, CPU us of the busiest thread and of the others"
+	awk -F'\t' '
+	function median(list,   n, a, i, j, t) {
+		n = split(list, a, " ")
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	{ k = $2 SUBSEP $3 SUBSEP $4; if (!(k in seen)) { seen[k] = 1; order[++nk] = k }; sc[k] = sc[k] " " $5; cs[k] = cs[k] " " $6; tt[k] = tt[k] " " $7; ot[k] = ot[k] " " $8 }
+	END {
+		printf "%-9s %7s %-16s | %9s %9s | %9s %9s\n", "mode", "clients", "target", "syscalls", "ctxsw", "top_thr", "others"
+		for (i = 1; i <= nk; i++) { k = order[i]; split(k, kk, SUBSEP)
+			printf "%-9s %7s %-16s | %9.2f %9.2f | %9.1f %9.1f\n", kk[1], kk[2], kk[3], median(sc[k]), median(cs[k]), median(tt[k]), median(ot[k]) }
+	}' "$work/perf.tsv"
+fi
+
+# --- a large result -------------------------------------------------------------
+# STREAM_MB megabytes of rows (1,000-byte values) read through each pgtrace
+# while its resident set size is sampled: a relay that streams keeps it flat.
+if [ "$STREAM_MB" -gt 0 ]; then
+	echo
+	for t in "${targets[@]:2}"; do
+		pid="${proxy_pid[$t]}"
+		rss0="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")"
+		peak="$rss0"
+		"$PSQL" -X -q -h 127.0.0.1 -p "${port[$t]}" -U postgres postgres \
+			-c "copy (select repeat('x', 1000) from generate_series(1, $((STREAM_MB * 1000)))) to stdout" >"$work/stream.out" &
+		qpid=$!
+		start=$(date +%s.%N)
+		while kill -0 "$qpid" 2>/dev/null; do
+			r="$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")"
+			[ "$r" -gt "$peak" ] && peak="$r"
+			sleep 0.2
+		done
+		wait "$qpid"
+		secs="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')"
+		bytes="$(stat -c %s "$work/stream.out")"
+		rm -f "$work/stream.out"
+		printf '%s: %d MB result in %ss; RSS %d KiB before, peak %d KiB during\n' "$t" "$((bytes / 1000000))" "$secs" "$rss0" "$peak"
+	done
+fi
 
 # --- idle connections ------------------------------------------------------------
 # PgBouncer is not measured: it opens server connections one by one and on a
@@ -288,12 +392,35 @@ if [ "$IDLE_CONNS" -gt 0 ]; then
 	echo
 	say "memory with $IDLE_CONNS idle client connections (fresh pgtrace)"
 	go build -o "$work/idleconns" ./bench/idleconns
-	p="$(free_port)"
-	start_pgtrace idle "$p"
-	sleep 1
-	"$work/idleconns" -label pgtrace -pid "$pgtrace_pid" -n "$IDLE_CONNS" \
-		-dsn "postgres://postgres@127.0.0.1:$p/postgres?sslmode=disable"
-	kill -TERM "$pgtrace_pid"
+	# Each proxy's file descriptors: a client socket and an upstream one per
+	# connection, twice while a session moves onto a loop, plus room. (Go
+	# raises its soft limit to the hard one by itself.)
+	need=$((4 * IDLE_CONNS + 1024))
+	hard="$(ulimit -Hn)"
+	if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+		ulimit -n "$need" 2>/dev/null ||
+			echo "note: the hard limit on open files is $hard here; $IDLE_CONNS connections need about $((2 * IDLE_CONNS + 100))" >&2
+	fi
+	ulimit -Sn "$(ulimit -Hn)"
+	if [ "$IDLE_FAKE" = 1 ]; then
+		# A stand-in server that logs anyone in: 10,000 PostgreSQL
+		# backends do not fit beside the rest on a small machine.
+		go build -o "$work/fakepg" ./bench/fakepg
+		setsid "$work/fakepg" >"$work/fakepg.addr" 2>"$work/fakepg.log" &
+		pids+=($!)
+		for _ in $(seq 1 100); do [ -s "$work/fakepg.addr" ] && break; sleep 0.1; done
+		pgtrace_upstream="$(cat "$work/fakepg.addr")"
+		say "idle connections go to bench/fakepg at $pgtrace_upstream"
+	fi
+	for m in ${IO_MODES:-""}; do
+		p="$(free_port)"
+		if [ -n "$m" ]; then start_pgtrace "idle-$m" "$p" --io "$m"; else start_pgtrace idle "$p"; fi
+		sleep 1
+		"$work/idleconns" -label "pgtrace${m:+ --io $m}" -pid "$pgtrace_pid" -n "$IDLE_CONNS" \
+			-dsn "postgres://postgres@127.0.0.1:$p/postgres?sslmode=disable"
+		kill -TERM "$pgtrace_pid"
+		wait "$pgtrace_pid" 2>/dev/null || true
+	done
 fi
 if [ "$EXPORT" = 1 ]; then
 	kill -TERM "$sink_pid"
@@ -305,6 +432,6 @@ for f in "$work"/pgtrace-*.log; do
 	if grep -q . "$f"; then
 		echo
 		echo "$(basename "$f") (warnings and errors):"
-		cat "$f"
+		tail -n 5 "$f"
 	fi
 done

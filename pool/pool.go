@@ -261,6 +261,14 @@ func (pl *Pool) acquire(ctx context.Context) (*serverConn, time.Duration, error)
 	return a.sc, d, nil
 }
 
+// canLend reports whether acquire would not wait now: an idle connection,
+// or room to open one.
+func (pl *Pool) canLend() bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return len(pl.idle) > 0 || pl.used+pl.opening < pl.p.cfg.Size
+}
+
 // lend records that sc is lent to a client.
 func (pl *Pool) lend(sc *serverConn) {
 	pl.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"github.com/dotmac/pgtrace/wire"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // The role the pooled tests log in as, created once per cluster.
@@ -535,5 +536,56 @@ func TestTransactionModeCopy(t *testing.T) {
 	var count int
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&count); err != nil || count != 5000 {
 		t.Fatalf("count: %d, %v", count, err)
+	}
+}
+
+// TestLazyParse: while every server connection is held, a client's Parse
+// of a named statement is taken without one (libpq's PQprepare waits for
+// it, with other transactions open in the same thread under pgbench). A
+// text that does not parse fails at its first use instead, and is then
+// unknown, as after a failed Parse; a good one runs once a connection is
+// free.
+func TestLazyParse(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1 })
+	ctx := context.Background()
+	holder := p.connect(t, pgx.QueryExecModeExec)
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgconn.Connect(ctx, p.dsn(poolUser, poolPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	// The only server connection is in the holder's transaction: both
+	// Parses are answered all the same.
+	got, err := run(c, []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Name: "bad", Query: "SELEC oops"},
+		&pgproto3.Parse{Name: "good", Query: "SELECT $1::int * 2"},
+		&pgproto3.Sync{},
+	})
+	if want := "ParseComplete|ParseComplete|ZI"; err != nil || strings.Join(got, "|") != want {
+		t.Fatalf("Parses while the pool is busy: %q, %v; want %s", got, err, want)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		msgs []pgproto3.FrontendMessage
+		want string
+	}{
+		{[]pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "bad"}, &pgproto3.Execute{}, &pgproto3.Sync{}}, "E42601|ZI"},
+		{[]pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "bad"}, &pgproto3.Execute{}, &pgproto3.Sync{}}, "E26000|ZI"},
+		{[]pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "good", Parameters: [][]byte{[]byte("21")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}, "BindComplete|D 42|C SELECT 1|ZI"},
+	} {
+		got, err := run(c, step.msgs)
+		if err != nil || strings.Join(got, "|") != step.want {
+			t.Errorf("%s: %q, %v; want %s", describe(step.msgs), got, err, step.want)
+		}
 	}
 }

@@ -196,3 +196,7 @@ func (p *Pooler) Cancel(ctx context.Context, key []byte) error {
 	c.Read(b[:]) // PostgreSQL closes the connection once it has the request
 	return nil
 }
+
+// Misreleased is the number of server connections given back that were not
+// lent: 0 unless there is a bug (tests check it).
+func (p *Pooler) Misreleased() int64 { return p.misreleased.Load() }

@@ -22,6 +22,9 @@ type stmtDef struct {
 	query      string
 	paramTypes []byte // the Parse's parameter types: int16 count, int32 OIDs
 	server     string // the server-side name of this text and types
+	// lazy: taken without a server connection (no Parse sent for it yet);
+	// forgotten if it does not parse when first used.
+	lazy bool
 }
 
 // parseBody is the body of a Parse that prepares def as name.
@@ -96,6 +99,14 @@ func (r *registry) name(query string, types []byte) string {
 	return ent.name
 }
 
+// unique returns a server-side name no text shares.
+func (r *registry) unique() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next++
+	return r.prefix + strconv.FormatUint(r.next, 10)
+}
+
 // maxClientStmts bounds a client's named statements; past it the oldest
 // half is forgotten (its later Binds then fail as the server would fail
 // them, with 26000).
@@ -124,6 +135,27 @@ func (c *clientStmts) put(name string, d *stmtDef) {
 			delete(c.byName, n)
 		}
 		c.order = append(c.order[:0:0], c.order[len(c.order)/2:]...)
+	}
+}
+
+// forgetLazy forgets the statements taken without a server connection
+// whose server-side name is server: their text did not parse.
+func (c *clientStmts) forgetLazy(server string) {
+	for n, d := range c.byName {
+		if d.lazy && d.server == server {
+			delete(c.byName, n)
+		}
+	}
+}
+
+// parsed notes that the statements whose server-side name is server
+// parsed: taken without a server connection or not, they are the client's
+// like any other now.
+func (c *clientStmts) parsed(server string) {
+	for _, d := range c.byName {
+		if d.lazy && d.server == server {
+			d.lazy = false
+		}
 	}
 }
 

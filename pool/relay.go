@@ -71,7 +71,19 @@ type relay struct {
 	// error, and the books are put right.
 	parses []sent
 	closes []sent
-	lost   error // the server connection broke
+	// errored: an ErrorResponse came since the last ReadyForQuery; the
+	// server skips the client's requests up to its Sync, and the relay
+	// gives none of its own answers among them either. errorAt is the
+	// oldest request unanswered then: it and those after it up to the
+	// Sync were skipped.
+	errored bool
+	errorAt uint64
+	// journal holds the changes the client's Parses and Closes made to
+	// its statements (stmts), oldest first, until the server's
+	// ReadyForQuery says whether they took: those of skipped requests are
+	// undone, as the server undoes nothing and did nothing.
+	journal []stmtChange
+	lost    error // the server connection broke
 	// writing is true while the client's goroutine writes to the server
 	// connection: it must not go back to the pool then, even when the
 	// server has already answered what is being written (a write returns
@@ -113,6 +125,25 @@ type synthetic struct {
 var trackedParams = map[string]bool{
 	"application_name": true, "client_encoding": true, "DateStyle": true, "IntervalStyle": true,
 	"TimeZone": true, "standard_conforming_strings": true,
+}
+
+// stmtChange is what one request did to a client's statement name: old is
+// the definition before (nil: none).
+type stmtChange struct {
+	seq  uint64
+	name string
+	old  *stmtDef
+}
+
+// setStmt changes a client's statement name (def nil: closed), for request
+// seq, and records the change in the journal. r.mu is held.
+func (r *relay) setStmtLocked(seq uint64, name string, def *stmtDef) {
+	r.journal = append(r.journal, stmtChange{seq: seq, name: name, old: r.stmts.get(name)})
+	if def == nil {
+		r.stmts.remove(name)
+	} else {
+		r.stmts.put(name, def)
+	}
 }
 
 // clientWhole are the client's message types read whole: those the relay
@@ -320,7 +351,9 @@ func (r *relay) handleMessage(m message) error {
 			// The statement stays on the server connections for other
 			// clients; the client's name is forgotten and its Close
 			// answered here.
-			r.stmts.remove(string(name))
+			r.mu.Lock()
+			r.setStmtLocked(r.ps.Pushed()-1, string(name), nil)
+			r.mu.Unlock()
 			return r.answer([]byte{'3', 0, 0, 0, 4})
 		}
 	}
@@ -362,25 +395,41 @@ func stopLoop(sc *serverConn, done chan struct{}) bool {
 
 // parse handles a client's Parse of a named statement (transaction mode).
 func (r *relay) parse(name string, def *stmtDef) error {
-	r.stmts.put(name, def)
+	seq := r.ps.Pushed() - 1
 	r.mu.Lock()
-	held := r.server != nil
+	old := r.stmts.get(name)
+	r.setStmtLocked(seq, name, def)
+	held, aborted := r.server != nil, r.status == 'E'
 	r.mu.Unlock()
-	if !held {
-		// No server connection is needed to take a statement: it is
-		// prepared on the one the client has when it uses it. A client
-		// that prepares and waits (libpq's PQprepare, which pgbench calls
-		// with other clients' transactions open in the same thread) must
-		// not wait for a server connection; a statement that does not
-		// parse fails at its Bind or Describe instead.
+	if old != nil {
+		return r.parseTaken(seq, old, def)
+	}
+	if !held && !r.pl.canLend() {
+		// Every server connection is busy. The statement is taken here
+		// and prepared on the connection the client has when it uses it:
+		// a client that prepares and waits (libpq's PQprepare, which
+		// pgbench calls with other clients' transactions open in the
+		// same thread) must not wait for a server connection. A
+		// statement that does not parse fails at its Bind or Describe
+		// instead, and is then forgotten.
+		def.lazy = true
 		return r.answer([]byte{'1', 0, 0, 0, 4})
 	}
 	sc, err := r.serverFor()
 	if err != nil {
 		return err
 	}
-	seq := r.ps.Pushed() - 1
 	r.mu.Lock()
+	if aborted {
+		// In a failed transaction the server refuses a Parse (25P02),
+		// but takes an empty one or a COMMIT or ROLLBACK: let it decide,
+		// under a name of the statement's own, so that a statement the
+		// connection has is not parsed again.
+		def.server = r.p.reg.unique()
+		out := r.prepareLocked(sc, def, seq, false)
+		r.mu.Unlock()
+		return r.writeServer(sc, appendMsg(out, 'P', def.parseBody(def.server)))
+	}
 	if sc.prepared.has(def.server) {
 		r.synthetic = append(r.synthetic, synthetic{anchor: seq, msg: []byte{'1', 0, 0, 0, 4}})
 		r.mu.Unlock()
@@ -391,6 +440,36 @@ func (r *relay) parse(name string, def *stmtDef) error {
 	r.mu.Unlock()
 	body := def.parseBody(def.server)
 	out = appendMsg(out, 'P', body)
+	return r.writeServer(sc, out)
+}
+
+// parseTaken sends a Parse of a name the client has already: PostgreSQL
+// refuses it (42P05), after checking the new text. The Parse goes under
+// the old statement's server-side name, to a connection that has it, so
+// that the server says so itself and the batch goes on as it would.
+func (r *relay) parseTaken(seq uint64, old, def *stmtDef) error {
+	sc, err := r.serverFor()
+	if err != nil {
+		return err
+	}
+	var out []byte
+	name := old.server
+	r.mu.Lock()
+	switch {
+	case sc.prepared.has(name):
+	case r.status == 'E':
+		// In a failed transaction the server would refuse the old text
+		// (25P02), but takes an empty one: under a name of its own, it
+		// stands in for the old statement, and the server judges the new
+		// text as PostgreSQL would (a syntax error, 25P02, else 42P05).
+		stand := &stmtDef{server: r.p.reg.unique(), paramTypes: []byte{0, 0}}
+		out = r.prepareLocked(sc, stand, seq, true)
+		name = stand.server
+	default:
+		out = r.prepareLocked(sc, old, seq, true)
+	}
+	r.mu.Unlock()
+	out = appendMsg(out, 'P', def.parseBody(name))
 	return r.writeServer(sc, out)
 }
 
@@ -434,6 +513,10 @@ func (r *relay) useStatement(m message, name string) error {
 	var out []byte
 	r.mu.Lock()
 	if !sc.prepared.has(def.server) {
+		// In a failed transaction the server refuses this Parse (25P02).
+		// PostgreSQL would have refused the Bind the same way, except that
+		// it checks the Bind's parameter count first (08P01): the one
+		// answer that differs, and the transaction is lost either way.
 		out = r.prepareLocked(sc, def, seq, true)
 	}
 	r.mu.Unlock()
@@ -589,6 +672,9 @@ func (r *relay) serverLoop(sc *serverConn, done chan struct{}) {
 			}
 			return
 		}
+		// The relay's own answers whose turn came go first: the tracker's
+		// oldest unanswered request then is the one this message answers.
+		r.emitSynthetics()
 		r.mu.Lock()
 		forward := r.classifyLocked(sc, m)
 		r.mu.Unlock()
@@ -599,12 +685,11 @@ func (r *relay) serverLoop(sc *serverConn, done chan struct{}) {
 			}
 			continue
 		}
-		r.emitSynthetics() // the relay's own answers before this one, if their turn came
 		if err := r.toClient(sc, m); err != nil {
 			r.clientBroke(sc, err)
 			return
 		}
-		if m.typ == 'Z' && len(m.body) == 1 && r.ready(sc, m.body[0]) {
+		if m.typ == 'Z' && len(m.body) == 1 && r.releaseIfIdle(sc) {
 			return // back in the pool
 		}
 		r.emitSynthetics()
@@ -622,17 +707,33 @@ func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
 			}
 		}
 	}
-	if len(r.injected) > 0 && r.injected[0].anchor == r.ps.NextAnswer() {
+	async := m.typ == 'N' || m.typ == 'A' // NoticeResponse, NotificationResponse: the client's
+	if len(r.injected) > 0 && !async && r.injected[0].anchor == r.ps.NextAnswer() &&
+		(r.injected[0].kind == injQuery || m.typ != 'Z' && !r.errored) {
+		// The answer to a request of the relay's own: a ReadyForQuery
+		// ends the client's batch unless the request was a Query (the
+		// SET), and after an error the server skips the relay's Parses
+		// and Closes as it does the client's requests.
 		inj := r.injected[0]
 		switch {
 		case m.typ == 'E' && inj.kind != injQuery:
 			// The relay's own Parse or Close failed: the server skips the
 			// client's requests up to its Sync, and the client sees why.
+			// A statement taken without a server that does not parse is
+			// forgotten: its later uses fail as unknown, as after a
+			// failed Parse.
 			r.injected = r.injected[1:]
+			r.noteErrorLocked()
+			if inj.kind == injParse && errorField(m.body, 'C') != "25P02" {
+				// In a failed transaction the Parse says nothing of the
+				// text: the statement stays taken.
+				r.stmts.forgetLazy(inj.name)
+			}
 			return true
 		case inj.kind == injParse && m.typ == '1':
 			r.injected = r.injected[1:]
 			r.confirmParseLocked()
+			r.stmts.parsed(inj.name)
 		case inj.kind == injClose && m.typ == '3':
 			r.injected = r.injected[1:]
 			if len(r.closes) > 0 {
@@ -646,6 +747,8 @@ func (r *relay) classifyLocked(sc *serverConn, m message) (forward bool) {
 	switch m.typ {
 	case '1':
 		r.confirmParseLocked()
+	case 'E':
+		r.noteErrorLocked()
 	case 'S':
 		if m.whole {
 			if k, rest, ok := cstring(m.body); ok && trackedParams[string(k)] {
@@ -668,6 +771,11 @@ func (r *relay) toClient(sc *serverConn, m message) error {
 	if err := r.ps.ServerMessage(m.typ, m.body, m.size, m.whole); err != nil {
 		return err
 	}
+	if m.typ == 'Z' && len(m.body) == 1 {
+		// The books are put right before the client sees the
+		// ReadyForQuery, and so before it sends what comes next.
+		r.ready(sc, m.body[0])
+	}
 	r.cw.Write(header(m.typ, m.size))
 	r.cw.Write(m.body)
 	if m.rest() > 0 {
@@ -684,12 +792,38 @@ func (r *relay) toClient(sc *serverConn, m message) error {
 	return nil
 }
 
-// ready handles a ReadyForQuery the client got: in transaction mode the
-// server connection goes back to the pool when the session is idle. It
-// reports whether it went.
-func (r *relay) ready(sc *serverConn, status byte) bool {
+// ready handles a ReadyForQuery the tracker has seen and the client is
+// about to get: the client's statement changes, the Parses and Closes and
+// the relay's own requests of the requests it ended are settled.
+//
+// A client that pipelines past a Sync has sent its next requests before
+// this: a Bind there of a statement whose Close the server skipped after
+// an error (or whose Parse it skipped) is judged by what the client asked
+// for, not by what the server did. Drivers do not use a statement they
+// closed.
+func (r *relay) ready(sc *serverConn, status byte) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.status = status
+	// The client's statement changes of the requests this ReadyForQuery
+	// ended took, unless the server skipped them after an error.
+	end := r.ps.NextAnswer()
+	i := 0
+	for ; i < len(r.journal) && r.journal[i].seq < end; i++ {
+	}
+	if r.errored {
+		for j := i - 1; j >= 0; j-- {
+			if c := r.journal[j]; c.seq >= r.errorAt {
+				if c.old == nil {
+					r.stmts.remove(c.name)
+				} else {
+					r.stmts.put(c.name, c.old)
+				}
+			}
+		}
+	}
+	r.journal = append(r.journal[:0], r.journal[i:]...)
+	r.errored = false
 	// Parses and Closes the server skipped after an error: the
 	// statements are not there, or still there.
 	next := r.ps.NextAnswer()
@@ -713,6 +847,14 @@ func (r *relay) ready(sc *serverConn, status byte) bool {
 	for len(r.synthetic) > 0 && r.synthetic[0].anchor < next {
 		r.synthetic = r.synthetic[1:]
 	}
+}
+
+// releaseIfIdle handles a ReadyForQuery the client got: in transaction mode the
+// server connection goes back to the pool when the session is idle. It
+// reports whether it went.
+func (r *relay) releaseIfIdle(sc *serverConn) bool {
+	r.mu.Lock()
+	status := r.status
 	release := r.mode == ModeTransaction && status == 'I' && r.ps.Idle() &&
 		len(r.injected) == 0 && len(r.synthetic) == 0 && r.server == sc
 	if release && r.writing {
@@ -740,6 +882,15 @@ func (r *relay) ready(sc *serverConn, status byte) bool {
 type sent struct {
 	name   string
 	anchor uint64
+}
+
+// noteErrorLocked notes an ErrorResponse of the server: the oldest
+// unanswered request failed, and the server skips those after it up to
+// its Sync. r.mu is held.
+func (r *relay) noteErrorLocked() {
+	if !r.errored {
+		r.errored, r.errorAt = true, r.ps.NextAnswer()
+	}
 }
 
 // unnamedMark stands for the unnamed statement in relay.parses.
@@ -773,7 +924,7 @@ func (r *relay) answer(msg []byte) error {
 func (r *relay) emitSynthetics() {
 	for {
 		r.mu.Lock()
-		if len(r.synthetic) == 0 || r.synthetic[0].anchor != r.ps.NextAnswer() {
+		if len(r.synthetic) == 0 || r.errored || r.synthetic[0].anchor != r.ps.NextAnswer() {
 			r.mu.Unlock()
 			return
 		}
@@ -951,6 +1102,23 @@ func (r *relay) fatalFromErr(err error) {
 }
 
 // errorBody is the body of an ErrorResponse.
+// errorField returns the field of type t (say 'C', the SQLSTATE) of an
+// ErrorResponse or NoticeResponse body, or "".
+func errorField(body []byte, t byte) string {
+	for len(body) > 1 && body[0] != 0 {
+		typ := body[0]
+		v, rest, ok := cstring(body[1:])
+		if !ok {
+			return ""
+		}
+		if typ == t {
+			return string(v)
+		}
+		body = rest
+	}
+	return ""
+}
+
 func errorBody(severity, code, msg string) []byte {
 	var b []byte
 	for _, f := range []struct {

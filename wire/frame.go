@@ -84,7 +84,12 @@ type framer struct {
 	// others stream when they do not fit the buffer.
 	whole *[256]bool
 
-	small []byte // the session's fixed buffer; buf is small or a temporary larger one
+	// small is the session's own buffer of size bytes, made on first use
+	// (ensureBuf): an event loop reads into a buffer of its own while the
+	// framer holds no bytes, so an idle session holds none. buf is small,
+	// a temporary larger one, or nil.
+	small []byte
+	size  int
 	buf   []byte
 	r, w  int // buf[r:w] is read but not yet framed
 	fw    int // buf[fw:r] is framed but not yet written
@@ -104,8 +109,18 @@ func newFramer(src io.Reader, dst io.Writer, whole *[256]bool) *framer {
 
 // newFramerSize is newFramer with a buffer of size bytes (at least 16).
 func newFramerSize(src io.Reader, dst io.Writer, whole *[256]bool, size int) *framer {
-	b := make([]byte, max(size, 16))
-	return &framer{src: src, dst: dst, whole: whole, small: b, buf: b}
+	return &framer{src: src, dst: dst, whole: whole, size: max(size, 16)}
+}
+
+// ensureBuf makes the framer's own buffer if it has none, and reads into
+// it when buf is unset.
+func (f *framer) ensureBuf() {
+	if f.small == nil {
+		f.small = make([]byte, f.size)
+	}
+	if f.buf == nil {
+		f.buf = f.small
+	}
 }
 
 // run relays until an error. A read error (including io.EOF) and a write
@@ -113,6 +128,7 @@ func newFramerSize(src io.Reader, dst io.Writer, whole *[256]bool, size int) *fr
 // observer's error as is.
 func (f *framer) run(obs frameObserver) error {
 	fl, _ := obs.(flushObserver)
+	f.ensureBuf()
 	var readErr error
 	for {
 		if err := f.frame(obs); err != nil {
@@ -231,6 +247,7 @@ func (f *framer) grow(size int) {
 
 // copyRaw relays bytes without framing (replication sessions).
 func (f *framer) copyRaw() error {
+	f.ensureBuf()
 	for {
 		n, err := f.src.Read(f.small)
 		f.in += int64(n)

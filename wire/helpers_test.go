@@ -3,11 +3,13 @@ package wire
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +19,23 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// TestMain runs the package's tests with the relay I/O mode named by
+// PGTRACE_TEST_IO (the default, uring, when unset), so that CI can run them
+// once per mode.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("PGTRACE_TEST_IO"); mode != "" {
+		if !slices.Contains(IOModes, mode) {
+			fmt.Fprintf(os.Stderr, "PGTRACE_TEST_IO=%q: want one of %v\n", mode, IOModes)
+			os.Exit(2)
+		}
+		defaultIO = mode
+	}
+	pgtest.Main(m)
+}
+
+// loopMode reports whether sessions of the mode under test relay on an
+// event loop (and so count in loopStats).
+func loopMode() bool { return runtime.GOOS == "linux" && defaultIO != IOGoroutines }
 
 // recorder is an Observer that keeps every event and lets a test wait for
 // the ones it expects.

@@ -29,13 +29,26 @@ import (
 // sockets back to the session goroutine as net.Conns for the error replies
 // and the closing, exactly as after the copier goroutines. Sessions with TLS
 // on either side and replication sessions keep the copier goroutines.
+//
+// This is the relay of --io epoll, and of --io uring where io_uring cannot
+// be set up; the io_uring loop (loop_uring_linux.go) follows the same
+// rules with other system calls.
 
 // eventLoop is one epoll set and the goroutine that serves it.
 type eventLoop struct {
 	ep    int
 	mu    sync.Mutex // guards sides
 	sides map[int32]*loopSide
+	// scratch is where a side whose framer holds no bytes reads: what
+	// must stay after the read (the start of a message still to come,
+	// bytes the other socket did not take) moves to the framer's own
+	// buffer, so an idle session holds no buffer. Loop goroutine only.
+	scratch []byte
+	own     [][]byte // own buffers given back, for reuse (at most loopFreeOwn)
 }
+
+// loopFreeOwn bounds the own buffers a loop keeps for reuse.
+const loopFreeOwn = 64
 
 // loopSide is one socket of a session in a loop and the direction that
 // reads it.
@@ -88,7 +101,7 @@ func nextLoop() (*eventLoop, error) {
 				loopsErr = fmt.Errorf("epoll_create1: %w", err)
 				return
 			}
-			l := &eventLoop{ep: ep, sides: make(map[int32]*loopSide)}
+			l := &eventLoop{ep: ep, sides: make(map[int32]*loopSide), scratch: make([]byte, frameBufSize)}
 			loops = append(loops, l)
 			go l.run()
 		}
@@ -106,7 +119,8 @@ func nextLoop() (*eventLoop, error) {
 // errc, the first one the real one, after it has let go of the sockets;
 // takeBack must run before the session touches its connections again.
 func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc chan<- *endReason) bool {
-	if s.replication {
+	mode := s.srv.ioMode()
+	if s.replication || mode == IOGoroutines {
 		return false
 	}
 	s.mu.Lock()
@@ -114,6 +128,9 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	s.mu.Unlock()
 	if !plainSocket(c) || !plainSocket(u) {
 		return false
+	}
+	if mode == IOURing && s.startURingRelay(c, u, fe, be, errc) {
+		return true
 	}
 	l, err := nextLoop()
 	if err != nil {
@@ -155,11 +172,14 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 	return true
 }
 
+func (rel *loopRelay) sockets() (client, upstream int) { return rel.client.fd, rel.upstream.fd }
+
 // takeBack gives the session its connections back once the loop has ended
 // the relay (after the first receive from errc).
-func (s *session) takeBack(rel *loopRelay) {
-	c := fdConn(rel.client.fd)
-	u := fdConn(rel.upstream.fd)
+func (s *session) takeBack(rel relayLoop) {
+	cfd, ufd := rel.sockets()
+	c := fdConn(cfd)
+	u := fdConn(ufd)
 	s.mu.Lock()
 	s.client, s.upstream = c, u
 	aborted := s.aborted
@@ -374,19 +394,42 @@ var errHangUp = errors.New("connection hung up")
 func (l *eventLoop) read(sd *loopSide) {
 	f := sd.f
 	f.compact()
+	shared := f.r == f.w
+	if shared {
+		// Nothing held: read into the loop's buffer.
+		l.putOwn(f)
+		f.buf, f.r, f.w, f.fw = l.scratch, 0, 0, 0
+	}
+	why := l.readOnce(sd)
+	if shared {
+		// Before finish: the session reads the framer once it has its
+		// sockets back.
+		l.unshare(f)
+	} else if why == nil && f.fw == f.w && !sd.waiting {
+		// Everything went: give the own buffer back.
+		l.putOwn(f)
+		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
+	}
+	if why != nil {
+		l.finish(sd.rel, why)
+	}
+}
+
+// readOnce is read's read, framing and write; it returns why the relay
+// ends, or nil.
+func (l *eventLoop) readOnce(sd *loopSide) *endReason {
+	f := sd.f
 	if f.w == len(f.buf) {
 		// frame grows or streams a message that fills the buffer, so this
 		// cannot happen; end the session rather than spin.
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: errors.New("relay buffer full")}))
-		return
+		return sd.end(&relayError{read: true, err: errors.New("relay buffer full")})
 	}
 	n, err := rawRead(sd.fd, f.buf[f.w:])
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
-		return
+		return nil
 	case err != nil:
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: os.NewSyscallError("read", err)}))
-		return
+		return sd.end(&relayError{read: true, err: os.NewSyscallError("read", err)})
 	case n == 0:
 		eof := io.EOF
 		if f.skip > 0 || f.w > f.r {
@@ -396,8 +439,7 @@ func (l *eventLoop) read(sd *loopSide) {
 			// Pass the client's half-close on, as the copier does.
 			unix.Shutdown(sd.other.fd, unix.SHUT_WR)
 		}
-		l.finish(sd.rel, sd.end(&relayError{read: true, err: eof}))
-		return
+		return sd.end(&relayError{read: true, err: eof})
 	}
 	f.w += n
 	f.in += int64(n)
@@ -406,12 +448,44 @@ func (l *eventLoop) read(sd *loopSide) {
 		if errors.As(err, &pe) {
 			l.flush(sd) // forward the good messages before it, if the socket takes them now
 		}
-		l.finish(sd.rel, sd.end(err))
-		return
+		return sd.end(err)
 	}
 	if err := l.flush(sd); err != nil {
-		l.finish(sd.rel, sd.end(err))
+		return sd.end(err)
 	}
+	return nil
+}
+
+// unshare moves what the framer holds out of the loop's buffer into its
+// own: the bytes not yet written (buf[fw:r]) and those not yet framed
+// (buf[r:w]). Both come from one read into the loop's buffer, so they fit
+// an own buffer of the same size, unless frame grew a buffer of its own.
+func (l *eventLoop) unshare(f *framer) {
+	if len(f.buf) == 0 || &f.buf[0] != &l.scratch[0] {
+		return // frame replaced it with a larger one, which the framer keeps
+	}
+	if f.fw == f.w {
+		f.buf, f.r, f.w, f.fw = nil, 0, 0, 0
+		return
+	}
+	if f.small == nil {
+		if n := len(l.own); n > 0 {
+			f.small, l.own[n-1] = l.own[n-1], nil
+			l.own = l.own[:n-1]
+		} else {
+			f.small = make([]byte, f.size)
+		}
+	}
+	n := copy(f.small, f.buf[f.fw:f.w])
+	f.buf, f.r, f.w, f.fw = f.small, f.r-f.fw, n, 0
+}
+
+// putOwn takes the framer's own buffer back for reuse.
+func (l *eventLoop) putOwn(f *framer) {
+	if f.small != nil && len(f.small) == frameBufSize && len(l.own) < loopFreeOwn {
+		l.own = append(l.own, f.small)
+	}
+	f.small = nil
 }
 
 // flush writes sd's framed bytes to the other socket. When the socket
@@ -500,8 +574,10 @@ func rawWrite(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
+// rawEpollWait is epoll_wait(2), made as epoll_pwait with no signal mask:
+// arm64 has no epoll_wait system call.
 func rawEpollWait(ep int, events []unix.EpollEvent, msec int) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		return 0, e
 	}

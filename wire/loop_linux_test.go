@@ -31,7 +31,8 @@ func TestLoopReleasesSockets(t *testing.T) {
 	c := p.connect(t) // the loops exist from here on
 	c.Close(ctx)
 	waitIdle()
-	fds, sides := openFDs(t), loopSides()
+	sides := loopSides() // first: it may start the loops, which hold descriptors
+	fds := openFDs(t)
 	sessions := loopStats.sessions.Load()
 
 	const rounds = 20
@@ -59,7 +60,7 @@ func TestLoopReleasesSockets(t *testing.T) {
 		victim.Close(ctx)
 	}
 	waitIdle()
-	if got := loopStats.sessions.Load() - sessions; got < 3*rounds {
+	if got := loopStats.sessions.Load() - sessions; loopMode() && got < 3*rounds {
 		t.Fatalf("the loops relayed %d sessions, want %d", got, 3*rounds)
 	}
 	if got := loopSides(); got != sides {
@@ -81,8 +82,11 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
+// loopSides is the number of sockets the epoll and ring loops hold; it
+// starts the loops if no session has.
 func loopSides() int {
-	n := 0
+	nextLoop() // the loops' start happens before this read
+	n := uringSides()
 	for _, l := range loops {
 		l.mu.Lock()
 		n += len(l.sides)

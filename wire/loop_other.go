@@ -6,14 +6,10 @@ import "sync/atomic"
 
 // Outside Linux every session relays with the copier goroutines.
 
-type loopRelay struct{}
-
 func (s *session) startLoopRelay(*frontendCopier, *backendCopier, chan<- *endReason) bool {
 	return false
 }
 
-func (s *session) takeBack(*loopRelay) {}
-
-func (rel *loopRelay) stop() {}
+func (s *session) takeBack(relayLoop) {}
 
 var loopStats struct{ sessions, waits atomic.Int64 }

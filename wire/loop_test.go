@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -69,11 +68,13 @@ func TestSlowClientDoesNotStall(t *testing.T) {
 	if end := <-slowDone; !bystanderDone.Before(end) {
 		t.Errorf("the bystander finished after the slow reader: it waited for it")
 	}
-	if runtime.GOOS == "linux" {
+	if loopMode() {
 		if loopStats.sessions.Load() == 0 {
 			t.Error("no session was relayed by an event loop")
 		}
-		if loopStats.waits.Load() == waits {
+		// The ring loop cannot see a send wait: the kernel holds it and
+		// the receive linked behind it.
+		if defaultIO == IOEpoll && loopStats.waits.Load() == waits {
 			t.Error("the slow reader never made the relay wait: the test did not test backpressure")
 		}
 	}

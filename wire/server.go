@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +16,34 @@ import (
 	"syscall"
 	"time"
 )
+
+// The relay I/O modes of Server.IO.
+const (
+	// IOEpoll relays on a few event-loop goroutines, each waiting on an
+	// epoll set and reading and writing with plain system calls.
+	IOEpoll = "epoll"
+	// IOURing relays on event loops that submit each send, and the next
+	// receive behind it, in the io_uring_enter that waits for the next
+	// completion.
+	IOURing = "uring"
+	// IOGoroutines relays each session with two copier goroutines on the
+	// runtime's network poller; portable.
+	IOGoroutines = "goroutines"
+)
+
+// IOModes lists the values Server.IO accepts, the default first.
+var IOModes = []string{IOURing, IOEpoll, IOGoroutines}
+
+// defaultIO is the mode of a Server whose IO is empty; tests set it from
+// PGTRACE_TEST_IO to run the whole suite in another mode.
+var defaultIO = IOURing
+
+func (srv *Server) ioMode() string {
+	if srv.IO == "" {
+		return defaultIO
+	}
+	return srv.IO
+}
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("wire: server closed")
@@ -55,6 +84,14 @@ type Server struct {
 	// decides nothing about what is printed: nil means nothing is logged,
 	// and the caller sets the level and format (cmd/pgtrace does).
 	Logger *slog.Logger
+	// IO is how plain (TCP or Unix socket) sessions are relayed once their
+	// startup packet has gone upstream, on Linux: IOURing (the default
+	// when empty), IOEpoll or IOGoroutines. Sessions with TLS on either
+	// side and replication sessions always use goroutines. Where io_uring
+	// cannot be used (a kernel older than 6.1, io_uring disabled or
+	// filtered out), IOURing relays with the epoll loop and logs one
+	// warning. Outside Linux every session uses goroutines.
+	IO string
 
 	initOnce     sync.Once
 	log          *slog.Logger
@@ -150,6 +187,9 @@ func (srv *Server) validate() error {
 		if _, _, err := net.SplitHostPort(srv.Upstream); err != nil {
 			return fmt.Errorf("wire: Server.Upstream %q: %w", srv.Upstream, err)
 		}
+	}
+	if srv.IO != "" && !slices.Contains(IOModes, srv.IO) {
+		return fmt.Errorf("wire: Server.IO %q: want %s", srv.IO, strings.Join(IOModes, ", "))
 	}
 	switch srv.UpstreamTLS.Mode {
 	case "", "disable", "prefer":

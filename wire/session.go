@@ -42,7 +42,7 @@ type session struct {
 	replication bool         // a replication session: relayed, not observed
 	key         []byte       // BackendKeyData body (pid + secret key), for CancelRequest
 	aborted     bool
-	rel         *loopRelay      // set while an event loop relays the session
+	rel         relayLoop       // set while an event loop relays the session
 	fe          *frontendCopier // its prepared statement names are under mu
 
 	// A pool wait noted before the statement it delays was sent
@@ -72,6 +72,16 @@ func newSession(srv *Server, c net.Conn) *session {
 	}
 	s.log = srv.log.With("conn", s.info.ID, "client", c.RemoteAddr().String())
 	return s
+}
+
+// relayLoop is an event loop's hold on a session's sockets (loop_linux.go,
+// loop_uring_linux.go).
+type relayLoop interface {
+	// stop makes the loop end the relay soon (forced shutdown).
+	stop()
+	// sockets are the loop's descriptors of the client and upstream
+	// sockets, which takeBack turns into connections again.
+	sockets() (client, upstream int)
 }
 
 // endReason is how one relay direction ended.

@@ -37,6 +37,7 @@ type config struct {
 	AdminToken     string
 	AdminTokenFile string
 	DialTimeout    time.Duration
+	IO             string // relay I/O mode: wire.IOModes
 
 	// TLS.
 	TLSCert         string // client-facing certificate (PEM); with TLSKey
@@ -144,6 +145,12 @@ func (c *config) flags() []cli.Flag {
 		&cli.StringFlag{
 			Name: "admin-token-file", Destination: &c.AdminTokenFile, EnvVars: env("admin-token-file"), Category: catNetwork, TakesFile: true,
 			Usage: "`file` holding the admin token (a mounted Kubernetes or compose secret); surrounding whitespace is ignored",
+		},
+		&cli.StringFlag{
+			Name: "io", Value: wire.IOURing, Destination: &c.IO, EnvVars: env("io"), Category: catNetwork,
+			Usage: "how plain-TCP and Unix-socket sessions are relayed on Linux: uring (event loops over io_uring: each send and the next receive " +
+				"go in the system call that waits; falls back to epoll with one warning where io_uring is not available, as on kernels before 6.1 " +
+				"or where a seccomp profile blocks it), epoll (event loops over epoll) or goroutines (two per session, as TLS sessions always use)",
 		},
 		&cli.DurationFlag{
 			Name: "dial-timeout", Value: 5 * time.Second, Destination: &c.DialTimeout, EnvVars: env("dial-timeout"), Category: catNetwork,
@@ -359,6 +366,9 @@ func (c *config) validate() error {
 	}
 	if c.DialTimeout <= 0 {
 		bad("--dial-timeout: must be positive, got %v", c.DialTimeout)
+	}
+	if !slices.Contains(wire.IOModes, c.IO) {
+		bad("--io: %q is not one of %s", c.IO, strings.Join(wire.IOModes, ", "))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("--tls-cert and --tls-key must be given together")

@@ -49,6 +49,7 @@ func defaults() config {
 		Upstream:                   "127.0.0.1:5432",
 		AdminListen:                "127.0.0.1:9187",
 		DialTimeout:                5 * time.Second,
+		IO:                         "uring",
 		UpstreamSSLMode:            "disable",
 		MaxClientConnections:       1000,
 		ShutdownTimeout:            30 * time.Second,
@@ -103,7 +104,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				"--event-queue-size=8", "--log-format=text", "--log-level=debug",
 				"--slow-query-threshold=2s", "--n-plus-one-threshold=10", "--n-plus-one-window=3s",
 				"--n-plus-one-min-duration=5ms", "--idle-in-transaction-threshold=1m", "--max-fingerprints=7",
-				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false", "--span-path=sdk"},
+				"--fingerprint-cache-size=9", "--tenant-tag=org", "--keep-slow-spans=false", "--span-path=sdk", "--io=epoll"},
 			want: func(c *config) {
 				c.AdminListen = ""
 				c.DialTimeout = 250 * time.Millisecond
@@ -118,6 +119,7 @@ func TestConfigFromArgsAndEnv(t *testing.T) {
 				c.TenantTag = "org"
 				c.KeepSlowSpans = false
 				c.SpanPath = "sdk"
+				c.IO = "epoll"
 			},
 		},
 		{
@@ -232,6 +234,7 @@ func TestConfigErrors(t *testing.T) {
 		{"admin token with a space", []string{"--admin-token", "0123456789 abcdef0123"}, nil,
 			[]string{"--admin-token: the token must be printable ASCII without spaces"}},
 		{"log format", []string{"--log-format", "xml"}, nil, []string{`--log-format: "xml" is not one of json, text`}},
+		{"relay io", []string{"--io", "kqueue"}, nil, []string{`--io: "kqueue" is not one of uring, epoll, goroutines`}},
 		{"log level", []string{"--log-level", "verbose"}, nil, []string{`--log-level: "verbose" is not one of debug, info, warn, error`}},
 		{"span path", []string{"--span-path", "slow"}, nil, []string{`--span-path: "slow" is not one of fast, sdk`}},
 		{"negative cap", []string{"--max-client-connections", "-1"}, nil, []string{"--max-client-connections: must be 0 (no cap) or more"}},

@@ -80,6 +80,7 @@ func serve(ctx context.Context, cfg *config, logw io.Writer) (err error) {
 		MaxClientConnections: cfg.MaxClientConnections,
 		QueueSize:            cfg.EventQueueSize,
 		Logger:               log,
+		IO:                   cfg.IO,
 	}
 	obs, err := newObservation(ctx, cfg, log, ws)
 	if err != nil {
