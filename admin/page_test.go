@@ -31,7 +31,7 @@ func TestPageIsSelfContained(t *testing.T) {
 	if m := regexp.MustCompile(`(?i)(src|href)\s*=|@import|url\(|//[a-z0-9.-]+\.[a-z]{2,}/`).FindString(body); m != "" {
 		t.Errorf("page references an external asset: %q", m)
 	}
-	for _, want := range []string{"api/queries", "api/findings", "api/connections", "setInterval", "Top queries", "Recent findings", "Live connections"} {
+	for _, want := range []string{"api/queries", "api/findings", "api/connections", "api/pools", "setInterval", "Top queries", "Recent findings", "Live connections", "Pools"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -96,6 +96,7 @@ func TestPageScreenshot(t *testing.T) {
 	now := time.Now()
 	mux := http.NewServeMux()
 	RegisterAPI(mux, fakeData(now), fakeConns(now))
+	RegisterPools(mux, "transaction", fakePools(now), fakeConns(now))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
@@ -106,6 +107,9 @@ func TestPageScreenshot(t *testing.T) {
 		"nightly-export", "idle in transaction", "10.1.2.4:40000", // connection rows
 		"700.0 ms", "450.0 ms", // numbers with units
 		`<option value="connection_churn">connection churn</option>`, // the type filter, from api/finding-types
+		`<option value="pool_exhausted">pool exhausted</option>`,
+		"shop/shop", "warehouse/etl", "pool mode transaction", "2,500 ms", "812.5 ms", // pool rows
+		"10.1.2.3:51000 · storefront · idle · pid 5101", // a client holding a server connection
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("rendered DOM lacks %q", want)
@@ -115,8 +119,8 @@ func TestPageScreenshot(t *testing.T) {
 	if strings.Contains(dom, `class="status err"`) || strings.Contains(dom, `class="empty"`) {
 		t.Errorf("page did not load its data")
 	}
-	if rows := strings.Count(dom, "<tr>"); rows < 3+3+3+3 {
-		t.Errorf("%d table rows, want headers plus 3 queries, 3 findings, 3 connections", rows)
+	if rows := strings.Count(dom, "<tr>"); rows < 4+3+3+3+2 {
+		t.Errorf("%d table rows, want headers plus 3 queries, 3 findings, 3 connections, 2 pools", rows)
 	}
 
 	dir := t.TempDir()

@@ -1266,10 +1266,15 @@ func TestSigNozDashboards(t *testing.T) {
 				t.Errorf("no %s of db.client.operation.duration by db.query.summary", p)
 			}
 		}
-		for _, m := range []string{"db.client.operation.duration.count", "db.client.connection.count", "http.server.request.duration"} {
+		for _, m := range []string{"db.client.operation.duration.count", "db.client.connection.count", "http.server.request.duration",
+			// The pool row.
+			"db.client.connection.wait_time", "db.client.connection.pending_requests", "db.client.connection.timeouts"} {
 			if !d.Metrics[m] {
 				t.Errorf("no widget over %s", m)
 			}
+		}
+		if d.GroupBy["db.client.connection.pool.name"] < 4 {
+			t.Errorf("%d queries by db.client.connection.pool.name, want the pool row's", d.GroupBy["db.client.connection.pool.name"])
 		}
 		if d.GroupBy["db.response.status_code"] == 0 {
 			t.Error("no errors by db.response.status_code")
@@ -1357,6 +1362,13 @@ func TestGrafanaDashboard(t *testing.T) {
 			t.Errorf("duplicate panel id %s", id)
 		}
 		ids[id] = true
+		if str(p, "type") == "row" {
+			// A row groups the panels below it; it queries nothing.
+			if str(p, "title") == "" {
+				t.Errorf("row panel %s has no title", id)
+			}
+			continue
+		}
 		targets := list(p, "targets")
 		if len(targets) == 0 {
 			t.Errorf("panel %q has no targets", str(p, "title"))
@@ -1377,7 +1389,9 @@ func TestGrafanaDashboard(t *testing.T) {
 			}
 		}
 	}
-	for _, m := range []string{"db_client_operation_duration_seconds_bucket", "db_n_plus_one_detected_total", "pgtrace_slow_queries_total", "db_client_connection_count"} {
+	for _, m := range []string{"db_client_operation_duration_seconds_bucket", "db_n_plus_one_detected_total", "pgtrace_slow_queries_total", "db_client_connection_count",
+		// The pool row.
+		"db_client_connection_wait_time_seconds_bucket", "db_client_connection_pending_requests", "db_client_connection_timeouts_total"} {
 		if !metrics[m] {
 			t.Errorf("no panel over %s", m)
 		}

@@ -41,6 +41,26 @@ type Config struct {
 	ChurnWindow        time.Duration
 	ChurnMaxStatements int
 
+	// PoolMode is the proxy's --pool-mode: "transaction" looks for
+	// statements that use session-level features
+	// (session_state_in_transaction_pool). "", "none" and "session" do not.
+	PoolMode string
+	// PoolSize is the server connections per pool (--pool-size), for
+	// pool_churn. Default 20.
+	PoolSize int
+	// PoolExhaustedThreshold: a client that waited at least this long for
+	// a server connection, or gave up, makes its pool exhausted
+	// (pool_exhausted). Default 1s.
+	PoolExhaustedThreshold time.Duration
+	// PoolEpisodeGap: a pool_exhausted episode ends once this long passes
+	// without a client waiting past the threshold; the next makes a new
+	// finding. Default 1m.
+	PoolEpisodeGap time.Duration
+	// PoolChurnWindow: more than PoolSize server connections of one pool
+	// opened within this window make a pool_churn finding; the episode
+	// ends once a window passes without that. Default 1m.
+	PoolChurnWindow time.Duration
+
 	// MaxFingerprints bounds the per-fingerprint statistics; when full, the
 	// entries with the least total time are evicted in a batch of 1/16th.
 	// Default 5000.
@@ -53,8 +73,9 @@ type Config struct {
 	// Default 10000.
 	MaxConnections int
 	// MaxApplications bounds the applications tracked for churn and
-	// idle-in-transaction time; the rest share the name "(other)".
-	// Default 1000.
+	// idle-in-transaction time; the rest share the name "(other)". It
+	// bounds the pools tracked too (the least recently active is
+	// forgotten). Default 1000.
 	MaxApplications int
 
 	// Now is the clock, for tests. Default time.Now.
@@ -89,6 +110,10 @@ func (c Config) withDefaults() Config {
 	defInt(&c.ChurnThreshold, 10)
 	def(&c.ChurnWindow, 10*time.Second)
 	defInt(&c.ChurnMaxStatements, 2)
+	defInt(&c.PoolSize, 20)
+	def(&c.PoolExhaustedThreshold, time.Second)
+	def(&c.PoolEpisodeGap, time.Minute)
+	def(&c.PoolChurnWindow, time.Minute)
 	defInt(&c.MaxFingerprints, 5000)
 	defInt(&c.MaxFindings, 1000)
 	defInt(&c.MaxConnections, 10000)

@@ -7,11 +7,14 @@ import (
 	"time"
 )
 
-// Detector finds slow queries, N+1 patterns, transactions left idle and
-// connection churn, and keeps per-fingerprint statistics.
+// Detector finds slow queries, N+1 patterns, transactions left idle,
+// connection churn and, in pooled modes, exhausted and churning pools and
+// session-level features a transaction pool cannot keep (pool.go), and
+// keeps per-fingerprint statistics.
 //
 // Observe and ObserveConn must be called from one goroutine, in wire order
-// per connection; Tick from another (a ticker); the readers from any. One
+// per connection; Tick from another (a ticker); ObservePool and the
+// readers from any. One
 // mutex guards everything: Observe holds it for well under a microsecond,
 // readers for a copy (and, in Queries, a sort) of the state.
 type Detector struct {
@@ -41,6 +44,11 @@ type Detector struct {
 	churn         map[string]*churnState
 	idleEpisodes  uint64
 	churnDetected uint64
+
+	// Pools (pool.go), bounded by cfg.MaxApplications, and the findings
+	// of session-level features by fingerprint, bounded by cfg.MaxFindings.
+	pools        map[string]*poolState
+	sessionState map[string]uint64
 
 	findings   findingRing
 	byType     map[FindingType]uint64
@@ -76,15 +84,17 @@ type Stats struct {
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
 	d := &Detector{
-		cfg:       cfg,
-		stats:     make(map[string]*fpStats),
-		groups:    make(map[groupKey]*group),
-		conns:     make(map[uint64]*connState),
-		idleByApp: make(map[string]time.Duration),
-		churn:     make(map[string]*churnState),
-		findings:  newFindingRing(cfg.MaxFindings),
-		byType:    make(map[FindingType]uint64),
-		resetAt:   cfg.Now(),
+		cfg:          cfg,
+		stats:        make(map[string]*fpStats),
+		groups:       make(map[groupKey]*group),
+		conns:        make(map[uint64]*connState),
+		idleByApp:    make(map[string]time.Duration),
+		churn:        make(map[string]*churnState),
+		pools:        make(map[string]*poolState),
+		sessionState: make(map[string]uint64),
+		findings:     newFindingRing(cfg.MaxFindings),
+		byType:       make(map[FindingType]uint64),
+		resetAt:      cfg.Now(),
 	}
 	return d
 }
@@ -156,6 +166,11 @@ func (d *Detector) Observe(s *Statement) Verdict {
 		d.observeConnRun(c, s, dur, control || len(s.Query.Tables) == 0, inTx, &v)
 	}
 	c.afterStatement(s, st)
+
+	// Session-level features in transaction pool mode.
+	if s.Query.Session != nil && d.cfg.PoolMode == "transaction" && !st.Failed() {
+		d.observeSessionState(s, &v)
+	}
 	d.mu.Unlock()
 	return v
 }
@@ -219,6 +234,10 @@ func (d *Detector) Reset() {
 	}
 	clear(d.idleByApp)
 	clear(d.churn)
+	for _, ps := range d.pools {
+		ps.ex, ps.churn = nil, nil
+	}
+	clear(d.sessionState)
 	d.findings.reset()
 	d.resetAt = d.cfg.Now()
 }

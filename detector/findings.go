@@ -7,7 +7,7 @@ import (
 )
 
 // Findings leave the detector by one route: Observe returns a statement's
-// in its Verdict, ObserveConn and Tick return theirs, and the pipeline
+// in its Verdict, ObserveConn, ObservePool and Tick return theirs, and the pipeline
 // hands each to the exporter (counted) and the log. The list below is the
 // one place that says what finding types there are and how the outside
 // shows them: a new type touches its detector, its test and this list.
@@ -20,6 +20,9 @@ const (
 	FindingNPlusOne          FindingType = "n_plus_one"
 	FindingIdleInTransaction FindingType = "idle_in_transaction"
 	FindingConnectionChurn   FindingType = "connection_churn"
+	FindingPoolExhausted     FindingType = "pool_exhausted"
+	FindingPoolChurn         FindingType = "pool_churn"
+	FindingSessionState      FindingType = "session_state_in_transaction_pool"
 )
 
 // FindingInfo describes one type of finding for those who show, log and
@@ -53,6 +56,10 @@ var findingTypes = []FindingInfo{
 		Counter: Counter{"pgtrace.idle_in_transaction", "{finding}", "Sessions found idle in a transaction longer than the threshold."}},
 	{Type: FindingConnectionChurn, Title: "connection churn", Level: slog.LevelInfo,
 		Counter: Counter{"pgtrace.connection_churn", "{finding}", "Connection churn findings."}},
+	// Pooled modes (pool.go): counted in pgtrace.findings.
+	{Type: FindingPoolExhausted, Title: "pool exhausted", Level: slog.LevelWarn},
+	{Type: FindingPoolChurn, Title: "pool churn", Level: slog.LevelWarn},
+	{Type: FindingSessionState, Title: "session state in transaction pool", Level: slog.LevelWarn},
 }
 
 // FindingTypes lists every type of finding the detector makes, in the

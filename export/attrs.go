@@ -56,6 +56,7 @@ const (
 	keyFindingType        = attribute.Key("pgtrace.finding.type")
 	keyParseError         = attribute.Key("pgtrace.parse_error")
 	keyStatementTruncated = attribute.Key("pgtrace.statement.truncated")
+	keyPoolWaitMs         = attribute.Key("pgtrace.pool.wait_ms") // how long the client waited for a server connection (pooled modes)
 )
 
 const systemPostgreSQL = "postgresql"

@@ -42,7 +42,8 @@ type Config struct {
 	MaxApplications int
 	// ExponentialHistograms records the duration histograms
 	// (db.client.operation.duration, db.client.connection.create_time,
-	// pgtrace.transaction.duration) as base-2 exponential histograms
+	// .wait_time and .use_time, pgtrace.transaction.duration) as base-2
+	// exponential histograms
 	// rather than with durationBuckets: finer everywhere, for backends that
 	// take them (OTLP; on /metrics, Prometheus native histograms, which a
 	// scraper gets over the protobuf format).
@@ -65,6 +66,18 @@ type Config struct {
 	// Connections lists the open sessions for db.client.connection.count.
 	// Optional. Called from metric collection, on any goroutine.
 	Connections func() []wire.ConnState
+
+	// Pooled says the proxy pools server connections (--pool-mode session
+	// or transaction): the db.client.connection.* metrics describe the
+	// pools (PoolHooks, ObservePools) rather than the client sessions, and
+	// db.client.connection.create_time and pgtrace.connections.opened
+	// count the pools' server logins rather than the clients' logins to
+	// pgtrace.
+	Pooled bool
+	// PoolWaitSpanThreshold: a statement whose client waited longer than
+	// this for a server connection gets a pgtrace.pool.wait span. 0: any
+	// wait. The CLI defaults it to 1ms.
+	PoolWaitSpanThreshold time.Duration
 
 	// SpanPath says how statement spans are made and sent:
 	// SpanPathFast ("" too), built whole and encoded by pgtrace

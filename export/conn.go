@@ -14,7 +14,8 @@ import (
 
 // Conn records a connection event: the connection span and
 // db.client.connection.create_time on ConnAuthenticated and ConnAuthFailed,
-// pgtrace.connections.opened, and the end of an open transaction on a
+// pgtrace.connections.opened (both only with --pool-mode none: in a pooled
+// mode they count the pools' server logins), and the end of an open transaction on a
 // TxStatus back to idle or on ConnClosed, which also drops the exporter's
 // state for the connection.
 func (e *Exporter) Conn(ev wire.Event) {
@@ -137,6 +138,11 @@ func (e *Exporter) connectSpan(ev wire.Event) {
 	appAttr := keyApplication.String("")
 	if app != nil {
 		appAttr = app.attr
+	}
+	if e.cfg.Pooled {
+		// The client logged in to pgtrace, which opened no connection
+		// for it: the pools count their server logins (PoolHooks).
+		return
 	}
 	ma := []attribute.KeyValue{attrSystem, keyConnPoolName.String(e.poolName(conn)), appAttr}
 	ma = appendServer(ma, addr, port)

@@ -20,7 +20,14 @@
 //     connection's end) parenting its statements. Its parent is the first
 //     trace context seen in the transaction, so it is opened lazily; see
 //     txState.
-//   - A CLIENT "connect" span per upstream connect and authentication.
+//   - A CLIENT "connect" span per upstream connect and authentication (in
+//     a pooled mode, per client login to pgtrace).
+//   - In a pooled mode, an INTERNAL "pgtrace.pool.wait" span for a client's
+//     wait for a server connection longer than
+//     Config.PoolWaitSpanThreshold, beside the statement it delayed (a child
+//     of the statement's parent, or of the statement's span when it is a
+//     root); the statement's span carries every wait as
+//     pgtrace.pool.wait_ms. See pool.go.
 //
 // Statement spans take one of two paths (Config.SpanPath, the CLI's
 // --span-path). The fast path (export/internal/fastspan, the default)
@@ -51,7 +58,11 @@
 // pgtrace.events.dropped, pgtrace.spans.dropped,
 // pgtrace.fingerprint.cache.hits, pgtrace.fingerprint.cache.misses and
 // pgtrace.traceparent.invalid. Duration records carry the span's context,
-// so sampled spans become exemplars.
+// so sampled spans become exemplars. In a pooled mode (Config.Pooled) the
+// db.client.connection.* metrics describe the pools, by
+// db.client.connection.pool.name = database/user: count, idle.max,
+// idle.min, max, pending_requests, timeouts, create_time, wait_time and
+// use_time (PoolHooks, ObservePools).
 //
 // # Never blocking
 //

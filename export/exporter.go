@@ -14,6 +14,7 @@ import (
 
 	"github.com/dotmac/pgtrace/export/internal/fastspan"
 	"github.com/dotmac/pgtrace/internal/otelenv"
+	"github.com/dotmac/pgtrace/pool"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -78,6 +79,13 @@ type Exporter struct {
 	conns   map[uint64]*connState
 	sweepAt int // len(conns) at which the next ConnOpened sweeps
 	sets    map[setKey]*metricSets
+
+	// The pools' attribute sets, by pool (pool.go), read by the pool
+	// hooks on session goroutines; poolMu guards adding to them, and pools.
+	poolSets     sync.Map // pool.Key → *poolSets
+	poolMu       sync.Mutex
+	poolSetCount int                 // entries in poolSets
+	pools        func() []pool.Stats // nil until ObservePools
 }
 
 // New builds the tracer and meter providers. It sets the global OTel error
@@ -131,9 +139,9 @@ func New(ctx context.Context, cfg Config) (*Exporter, error) {
 	if cfg.UpstreamAddr != "" {
 		e.serverAddr, e.serverPort = splitHostPort(cfg.UpstreamAddr)
 	}
-	pool := keyConnPoolName.String(cfg.UpstreamAddr)
-	e.connStateIdle = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("idle")))
-	e.connStateUsed = metric.WithAttributeSet(attribute.NewSet(attrSystem, pool, keyConnState.String("used")))
+	upstream := keyConnPoolName.String(cfg.UpstreamAddr)
+	e.connStateIdle = metric.WithAttributeSet(attribute.NewSet(attrSystem, upstream, keyConnState.String("idle")))
+	e.connStateUsed = metric.WithAttributeSet(attribute.NewSet(attrSystem, upstream, keyConnState.String("used")))
 
 	res, err := resource.New(ctx,
 		resource.WithAttributes(
@@ -339,7 +347,8 @@ func (e *Exporter) buildMetrics(ctx context.Context, cfg Config, res *resource.R
 	}
 	if cfg.ExponentialHistograms {
 		exp := sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: 20}}
-		for _, name := range []string{"db.client.operation.duration", "db.client.connection.create_time", "pgtrace.transaction.duration"} {
+		for _, name := range []string{"db.client.operation.duration", "db.client.connection.create_time",
+			"db.client.connection.wait_time", "db.client.connection.use_time", "pgtrace.transaction.duration"} {
 			opts = append(opts, sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: name}, exp)))
 		}
 	}

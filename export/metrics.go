@@ -19,6 +19,9 @@ type instruments struct {
 	createTime   metric.Float64Histogram // db.client.connection.create_time
 	txDuration   metric.Float64Histogram // pgtrace.transaction.duration
 	connsOpened  metric.Int64Counter     // pgtrace.connections.opened
+	waitTime     metric.Float64Histogram // db.client.connection.wait_time
+	useTime      metric.Float64Histogram // db.client.connection.use_time
+	timeouts     metric.Int64Counter     // db.client.connection.timeouts
 	// findings counts each finding type in the counter detector.FindingTypes
 	// names for it (pgtrace.slow_queries, db.n_plus_one.detected, …), or
 	// in otherFindings, by type, when it names none.
@@ -26,6 +29,10 @@ type instruments struct {
 	otherFindings metric.Int64Counter // pgtrace.findings
 
 	connCount     metric.Int64ObservableUpDownCounter // db.client.connection.count
+	idleMax       metric.Int64ObservableUpDownCounter // db.client.connection.idle.max
+	idleMin       metric.Int64ObservableUpDownCounter // db.client.connection.idle.min
+	connMax       metric.Int64ObservableUpDownCounter // db.client.connection.max
+	pending       metric.Int64ObservableUpDownCounter // db.client.connection.pending_requests
 	eventsDropped metric.Int64ObservableCounter       // pgtrace.events.dropped
 	forgotten     metric.Int64ObservableCounter       // pgtrace.prepared_statements.forgotten
 	spansDropped  metric.Int64ObservableCounter       // pgtrace.spans.dropped
@@ -51,6 +58,17 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 		metric.WithUnit("s"), metric.WithDescription("The time it took to create a new connection (upstream connect and authentication)."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
 	add(err)
+	in.waitTime, err = m.Float64Histogram("db.client.connection.wait_time",
+		metric.WithUnit("s"), metric.WithDescription("The time it took to obtain an open connection from the pool."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	in.useTime, err = m.Float64Histogram("db.client.connection.use_time",
+		metric.WithUnit("s"), metric.WithDescription("The time between borrowing a connection and returning it to the pool."),
+		metric.WithExplicitBucketBoundaries(durationBuckets...))
+	add(err)
+	in.timeouts, err = m.Int64Counter("db.client.connection.timeouts",
+		metric.WithUnit("{timeout}"), metric.WithDescription("The number of connection timeouts that have occurred trying to obtain a connection from the pool."))
+	add(err)
 	in.txDuration, err = m.Float64Histogram("pgtrace.transaction.duration",
 		metric.WithUnit("s"), metric.WithDescription("Duration of transactions, BEGIN to COMMIT or ROLLBACK."),
 		metric.WithExplicitBucketBoundaries(durationBuckets...))
@@ -73,6 +91,18 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 
 	in.connCount, err = m.Int64ObservableUpDownCounter("db.client.connection.count",
 		metric.WithUnit("{connection}"), metric.WithDescription("The number of connections that are currently in state described by the state attribute."))
+	add(err)
+	in.idleMax, err = m.Int64ObservableUpDownCounter("db.client.connection.idle.max",
+		metric.WithUnit("{connection}"), metric.WithDescription("The maximum number of idle open connections allowed."))
+	add(err)
+	in.idleMin, err = m.Int64ObservableUpDownCounter("db.client.connection.idle.min",
+		metric.WithUnit("{connection}"), metric.WithDescription("The minimum number of idle open connections allowed."))
+	add(err)
+	in.connMax, err = m.Int64ObservableUpDownCounter("db.client.connection.max",
+		metric.WithUnit("{connection}"), metric.WithDescription("The maximum number of open connections allowed."))
+	add(err)
+	in.pending, err = m.Int64ObservableUpDownCounter("db.client.connection.pending_requests",
+		metric.WithUnit("{request}"), metric.WithDescription("The number of current pending requests for an open connection."))
 	add(err)
 	in.eventsDropped, err = m.Int64ObservableCounter("pgtrace.events.dropped",
 		metric.WithUnit("{event}"), metric.WithDescription("Relay events dropped because the observer queue was full."))
@@ -99,7 +129,8 @@ func (in *instruments) init(m metric.Meter, e *Exporter) error {
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		e.observe(o)
 		return nil
-	}, in.connCount, in.eventsDropped, in.forgotten, in.spansDropped, in.cacheHits, in.cacheMisses, in.tpInvalid)
+	}, in.connCount, in.idleMax, in.idleMin, in.connMax, in.pending,
+		in.eventsDropped, in.forgotten, in.spansDropped, in.cacheHits, in.cacheMisses, in.tpInvalid)
 	if err != nil {
 		return fmt.Errorf("export: register callback: %w", err)
 	}
@@ -122,7 +153,15 @@ func (in *instruments) countFinding(ctx context.Context, typ detector.FindingTyp
 // collection (Prometheus scrape or periodic export).
 func (e *Exporter) observe(o metric.Observer) {
 	in := &e.inst
-	if e.cfg.Connections != nil {
+	e.poolMu.Lock()
+	pools := e.pools
+	e.poolMu.Unlock()
+	if pools != nil {
+		e.observePools(o, pools)
+	}
+	if e.cfg.Connections != nil && !e.cfg.Pooled {
+		// --pool-mode none: the client sessions, each with its own
+		// upstream connection.
 		// By state and application; both states are reported for every
 		// application seen, so that a count that drops to 0 says so.
 		type key struct {

@@ -213,9 +213,9 @@ func TestConnectionSpansAndMetrics(t *testing.T) {
 func TestFindingCounters(t *testing.T) {
 	clearOTelEnv(t)
 	h := newHarness(t, Config{})
-	const newType = detector.FindingType("session_state_in_transaction_pool")
-	if _, ok := detector.LookupFindingType(newType); ok {
-		t.Fatalf("%s is a known type: the test needs one without a counter", newType)
+	const newType = detector.FindingSessionState
+	if fi, ok := detector.LookupFindingType(newType); !ok || fi.Counter.Name != "" {
+		t.Fatalf("%s: %+v, %v: the test needs a type without a counter of its own", newType, fi, ok)
 	}
 	h.e.Finding(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api"})
 	h.e.Finding(detector.Finding{Type: detector.FindingIdleInTransaction, Application: "api"})

@@ -37,7 +37,7 @@ func TestSpanPathParity(t *testing.T) {
 		e, err := New(context.Background(), Config{
 			Logger: slog.New(slog.DiscardHandler), UpstreamAddr: "db.internal:5432", Version: "1.2.3",
 			KeepSlowSpans: true, SlowThreshold: 100 * time.Millisecond,
-			ServiceNameFrom: ServiceFromApplicationName, SpanPath: path,
+			ServiceNameFrom: ServiceFromApplicationName, SpanPath: path, PoolWaitSpanThreshold: time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -74,7 +74,9 @@ func TestSpanPathParity(t *testing.T) {
 // returns how many spans it makes: a connect span, root and child
 // statements, a failed one (its message scrubbed), a slow one under an
 // unsampled parent (kept), an N+1 crossing, tags, a transaction with a
-// statement under another parent (a link), and a second application.
+// statement under another parent (a link), a second application, and
+// statements that waited for a server connection (pool wait spans beside
+// a child and under a root, and a wait too short for one).
 func parityWorkload(e *Exporter) int {
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	billing := testConn
@@ -96,7 +98,7 @@ func parityWorkload(e *Exporter) int {
 	begin := stmt(qBegin, at(320), time.Millisecond, fingerprint.TraceContext{})
 	begin.Stmt.TxStatus = wire.TxInBlock
 	e.Statement(begin, detector.Verdict{})
-	insert := stmt(qInsert, at(322), time.Millisecond, parentTC)
+	insert := waited(stmt(qInsert, at(322), time.Millisecond, parentTC), at(321), 900*time.Microsecond) // no wait span
 	insert.Stmt.TxStatus = wire.TxInBlock
 	e.Statement(insert, detector.Verdict{})
 	other := parentTC
@@ -106,13 +108,16 @@ func parityWorkload(e *Exporter) int {
 	e.Statement(linked, detector.Verdict{})
 	e.Statement(stmt(qCommit, at(326), time.Millisecond, fingerprint.TraceContext{}), detector.Verdict{})
 
-	b := stmt(qSelect, at(330), time.Millisecond, parentTC)
+	b := waited(stmt(qSelect, at(330), time.Millisecond, parentTC), at(328), 2*time.Millisecond)
 	b.Conn = &billing
 	e.Statement(b, detector.Verdict{})
+	// A root statement that waited: its wait under its span.
+	e.Statement(waited(stmt(qSelect, at(340), time.Millisecond, fingerprint.TraceContext{}), at(335), 5*time.Millisecond), detector.Verdict{})
 	e.Conn(wire.Event{Kind: wire.ConnClosed, Time: at(400), Conn: testConn, Side: wire.SideClient})
 	// connect + 5 statements + BEGIN, INSERT, SELECT, COMMIT and their
-	// transaction + billing's.
-	return 1 + 5 + 4 + 1 + 1
+	// transaction + billing's and its wait + a root statement and its
+	// wait.
+	return 1 + 5 + 4 + 1 + 2 + 2
 }
 
 // paritySpan is a received span with its ids replaced by what they point

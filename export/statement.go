@@ -300,7 +300,21 @@ func (e *Exporter) spanLocked(parent, link trace.SpanContext, base []attribute.K
 		d.Links = append(d.Links, sdktrace.Link{SpanContext: l.SpanContext})
 	}
 	e.spans.End(span)
+	e.waitSpanLocked(parent, sc, keep, s, app)
 	return sc
+}
+
+// waitSpanLocked emits the span of the wait for a server connection before
+// s, whose span sc was exported under parent, when the wait was long
+// enough: beside the statement's span, or under it when it is a root.
+func (e *Exporter) waitSpanLocked(parent, sc trace.SpanContext, keep []attribute.KeyValue, s *detector.Statement, app *application) {
+	if !e.waitedPastThreshold(s) {
+		return
+	}
+	if !parent.IsValid() {
+		parent = sc
+	}
+	e.poolWaitSpanLocked(parent, keep, s, app)
 }
 
 // sdkSpanLocked is spanLocked on the SDK path: the same span, through the
@@ -333,6 +347,7 @@ func (e *Exporter) sdkSpanLocked(parent, link trace.SpanContext, name string, ke
 		span.AddEvent(ev.Name, trace.WithTimestamp(ev.Time), trace.WithAttributes(ev.Attributes...))
 	}
 	span.End(trace.WithTimestamp(st.End))
+	e.waitSpanLocked(parent, sc, keep, s, app)
 	return sc
 }
 
@@ -428,6 +443,9 @@ func (e *Exporter) statementAttrs(a, base []attribute.KeyValue, s *detector.Stat
 	}
 	if rows, ok := returnedRows(st); ok {
 		a = append(a, keyDBReturnedRows.Int64(rows))
+	}
+	if st.PoolWait > 0 {
+		a = append(a, keyPoolWaitMs.Float64(float64(st.PoolWait)/float64(time.Millisecond)))
 	}
 	if st.Fetches > 1 {
 		a = append(a, keyFetches.Int(st.Fetches))

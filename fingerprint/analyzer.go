@@ -471,6 +471,7 @@ func analyzeStatement(text string, stmt *pg.Node) *Query {
 		q.Operation = statementOperation(stmt, text)
 		q.Tables = statementTables(stmt)
 		q.TxControl = treeTxControl(stmt)
+		q.Session = sessionUses(stmt, text)
 		if stmt.GetPrepareStmt() != nil {
 			if body, ok := prepareBody(text); ok {
 				q.Body = analyzeStatement(body, nil)

@@ -49,6 +49,12 @@ type Query struct {
 	// of the name runs, and is counted as (as pg_stat_statements counts
 	// it). Nil for anything else.
 	Body *Query
+	// Session lists the session-level features the statement uses (SET,
+	// LISTEN, session advisory locks, WITH HOLD cursors, temporary tables
+	// that outlive their transaction, SQL PREPARE): state that stays on
+	// the server session. Nil for most statements, and for those the
+	// parser rejected.
+	Session []SessionUse
 }
 
 // Result is the analysis of one SQL text as sent by a client.

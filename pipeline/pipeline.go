@@ -3,13 +3,16 @@
 // decides its parent (parent.go), asks the detector for a verdict, and
 // hands both to the exporter; connection events go to the detector and the
 // exporter. Findings take one route: the detector returns them (in a
-// statement's Verdict, from ObserveConn and Tick) and the pipeline hands
-// each to the exporter, which counts it, and to the log.
+// statement's Verdict, from ObserveConn, ObservePool and Tick) and the
+// pipeline hands each to the exporter, which counts it, and to the log. In
+// a pooled mode the pools' hooks (PoolHooks) and state (WatchPools) reach
+// the exporter and the detector through it too (pool.go).
 package pipeline
 
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/dotmac/pgtrace/detector"
@@ -48,6 +51,9 @@ type Pipeline struct {
 	// its statements' parents. Dispatcher goroutine only.
 	sessions  map[uint64]*session
 	nextSweep time.Time
+
+	// pools is the pools' state in a pooled mode (WatchPools); nil before.
+	pools atomic.Pointer[poolStats]
 }
 
 var _ wire.Observer = (*Pipeline)(nil)
@@ -191,8 +197,9 @@ func (p *Pipeline) logSlow(s *detector.Statement, sc trace.SpanContext) {
 	p.log.LogAttrs(context.Background(), fi.Level, fi.Title, attrs...) // "slow query"
 }
 
-// Run calls the detector's Tick every TickInterval until ctx ends; it
-// returns ctx's error. Tick takes the detector's lock, so it runs on its own
+// Run calls the detector's Tick every TickInterval until ctx ends, and
+// shows it the pools' waiting clients (WatchPools); it returns ctx's
+// error. Tick takes the detector's lock, so it runs on its own
 // goroutine rather than the dispatcher's.
 func (p *Pipeline) Run(ctx context.Context) error {
 	if p.cfg.Detector == nil {
@@ -205,6 +212,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		select {
 		case now := <-t.C:
 			p.report(p.cfg.Detector.Tick(now))
+			p.tickPools(now)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -76,7 +76,9 @@ type Config struct {
 // from session goroutines and must not block.
 type Hooks struct {
 	// Waited: a client waited d for a server connection of pool key,
-	// from start; timedOut when it gave up.
+	// from start; timedOut when it gave up. It is called for every
+	// acquisition: d is 0 when an idle connection was at hand, the login
+	// time when a new one was opened for the client.
 	Waited func(key Key, start time.Time, d time.Duration, timedOut bool)
 	// Created: a server connection of pool key was opened and logged in
 	// in d, or failed with err.
@@ -166,7 +168,8 @@ type Pool struct {
 
 // waiter is a client waiting for a server connection.
 type waiter struct {
-	ch chan acquired
+	ch    chan acquired
+	since time.Time // when the client asked
 }
 
 type acquired struct {
@@ -193,6 +196,7 @@ func (pl *Pool) acquire(ctx context.Context) (*serverConn, time.Duration, error)
 		pl.mu.Unlock()
 		if sc.alive(start) {
 			pl.lend(sc)
+			pl.noteWait(start, 0, false)
 			return sc, 0, nil
 		}
 		pl.drop(sc, "broken")
@@ -213,9 +217,11 @@ func (pl *Pool) acquire(ctx context.Context) (*serverConn, time.Duration, error)
 		pl.used++
 		pl.mu.Unlock()
 		pl.lend(sc)
-		return sc, time.Since(start), nil
+		d := time.Since(start)
+		pl.noteWait(start, d, false)
+		return sc, d, nil
 	}
-	w := &waiter{ch: make(chan acquired, 1)}
+	w := &waiter{ch: make(chan acquired, 1), since: start}
 	pl.waiters = append(pl.waiters, w)
 	pl.mu.Unlock()
 
@@ -492,10 +498,15 @@ type Stats struct {
 	Opening  int           `json:"opening"` // being opened
 	Waiting  int           `json:"waiting"` // clients waiting for a connection
 	WaitP95  time.Duration `json:"-"`
-	// WaitP95Ms is the 95th percentile of the latest waits, in ms.
+	// WaitP95Ms is the 95th percentile of the waits of the latest 256
+	// acquisitions (0 for one that found an idle connection), in ms.
 	WaitP95Ms float64 `json:"wait_p95_ms"`
 	Timeouts  uint64  `json:"timeouts"` // clients that gave up waiting
 	Created   uint64  `json:"created"`  // server connections opened
+	// WaitingSince is when the client that has waited longest began to
+	// wait; zero when none waits. LongestWaitMs is how long ago, in ms.
+	WaitingSince  time.Time `json:"-"`
+	LongestWaitMs float64   `json:"longest_wait_ms"`
 	// Clients are the client sessions that hold a server connection now.
 	Clients []HolderStats `json:"clients"`
 }
@@ -525,6 +536,10 @@ func (pl *Pool) stats() Stats {
 		s.Clients = append(s.Clients, HolderStats{ConnID: h.connID, ClientAddr: h.addr, ServerPID: sc.pid, Since: sc.lentAt})
 	}
 	slices.SortFunc(s.Clients, func(a, b HolderStats) int { return a.Since.Compare(b.Since) })
+	if len(pl.waiters) > 0 {
+		s.WaitingSince = pl.waiters[0].since // first come, first served: the oldest
+		s.LongestWaitMs = float64(time.Since(s.WaitingSince)) / float64(time.Millisecond)
+	}
 	if n := len(pl.waitTimes); n > 0 {
 		w := slices.Clone(pl.waitTimes)
 		slices.Sort(w)

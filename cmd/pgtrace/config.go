@@ -66,20 +66,21 @@ type config struct {
 	KeepSlowSpans              bool
 
 	// Pooling (pooling.go).
-	PoolMode              string // none|session|transaction
-	PoolSize              int
-	PoolMinIdle           int
-	PoolMaxWait           time.Duration
-	ServerIdleTimeout     time.Duration
-	ServerLifetime        time.Duration
-	ServerResetQuery      string
-	MaxPreparedStatements int
-	AuthFile              string
-	AuthQuery             string
-	AuthUser              string
-	AuthDatabase          string
-	AuthType              string // scram-sha-256|md5
-	PoolWaitSpanThreshold time.Duration
+	PoolMode               string // none|session|transaction
+	PoolSize               int
+	PoolMinIdle            int
+	PoolMaxWait            time.Duration
+	ServerIdleTimeout      time.Duration
+	ServerLifetime         time.Duration
+	ServerResetQuery       string
+	MaxPreparedStatements  int
+	AuthFile               string
+	AuthQuery              string
+	AuthUser               string
+	AuthDatabase           string
+	AuthType               string // scram-sha-256|md5
+	PoolWaitSpanThreshold  time.Duration
+	PoolExhaustedThreshold time.Duration
 
 	// Export: what spans and metrics say.
 	ServiceNameFrom  string // application_name|sqlcommenter|none
@@ -297,6 +298,11 @@ func (c *config) flags() []cli.Flag {
 		&cli.DurationFlag{
 			Name: "pool-wait-span-threshold", Value: time.Millisecond, Destination: &c.PoolWaitSpanThreshold, EnvVars: env("pool-wait-span-threshold"), Category: catPooling,
 			Usage: "a client that waited longer than this for a server connection gets a pgtrace.pool.wait span",
+		},
+		&cli.DurationFlag{
+			Name: "pool-exhausted-threshold", Value: time.Second, Destination: &c.PoolExhaustedThreshold, EnvVars: env("pool-exhausted-threshold"), Category: catPooling,
+			Usage: "a client that waits this long for a server connection, or gives up, makes a pool_exhausted finding " +
+				"(once per pool while such waits go on; a minute without one ends the episode)",
 		},
 
 		&cli.StringFlag{

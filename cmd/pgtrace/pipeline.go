@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/dotmac/pgtrace/admin"
 	"github.com/dotmac/pgtrace/detector"
@@ -55,6 +56,8 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		ExponentialHistograms: cfg.MetricsHistogram == "exponential",
 		RawErrors:             cfg.ExportRawErrors,
 		SpanPath:              cfg.SpanPath,
+		Pooled:                cfg.PoolMode != "none",
+		PoolWaitSpanThreshold: cfg.PoolWaitSpanThreshold,
 		Logger:                log,
 		Version:               version,
 		DroppedEvents:         ws.DroppedEvents,
@@ -72,6 +75,10 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		NPlusOneMinDuration: cfg.NPlusOneMinDuration,
 		IdleInTxThreshold:   cfg.IdleInTransactionThreshold,
 		MaxFingerprints:     cfg.MaxFingerprints,
+
+		PoolMode:               cfg.PoolMode,
+		PoolSize:               cfg.PoolSize,
+		PoolExhaustedThreshold: cfg.PoolExhaustedThreshold,
 	})
 	pl := pipeline.New(pipeline.Config{Analyzer: analyzer, Detector: det, Exporter: exp, Logger: log})
 	var observer wire.Observer = pl
@@ -90,11 +97,28 @@ func newObservation(ctx context.Context, cfg *config, log *slog.Logger, ws *wire
 		defer close(runDone)
 		pl.Run(runCtx)
 	}()
+	// The pooler of a pooled mode, once serve made it (Pools).
+	var pooler atomic.Pointer[pool.Pooler]
+	var poolStats func() []pool.Stats // nil: --pool-mode none
+	if cfg.PoolMode != "none" {
+		poolStats = func() []pool.Stats {
+			if p := pooler.Load(); p != nil {
+				return p.Stats()
+			}
+			return nil
+		}
+	}
 	return observation{
 		Observer: observer,
 		Metrics:  exp.MetricsHandler(),
 		Routes: func(mux interface{ Handle(string, http.Handler) }) {
 			admin.RegisterAPI(mux, det, ws.Connections)
+			admin.RegisterPools(mux, cfg.PoolMode, poolStats, ws.Connections)
+		},
+		PoolHooks: pl.PoolHooks(),
+		Pools: func(p *pool.Pooler) {
+			pooler.Store(p)
+			pl.WatchPools(p.Stats)
 		},
 		Shutdown: func(ctx context.Context) error {
 			stopRun()

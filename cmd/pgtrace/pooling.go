@@ -20,6 +20,12 @@ func (c *config) validatePooling(bad func(string, ...any)) {
 		bad("--pool-mode: %q is not one of %s", c.PoolMode, strings.Join(poolModes, ", "))
 		return
 	}
+	if c.PoolWaitSpanThreshold < 0 {
+		bad("--pool-wait-span-threshold: must not be negative, got %v", c.PoolWaitSpanThreshold)
+	}
+	if c.PoolExhaustedThreshold <= 0 {
+		bad("--pool-exhausted-threshold: must be positive, got %v", c.PoolExhaustedThreshold)
+	}
 	if c.PoolMode == "none" {
 		return
 	}
