@@ -43,8 +43,9 @@ func TestPoolHooks(t *testing.T) {
 
 	// A client waiting now, past the threshold: the next tick reports it
 	// (in the episode above: no new finding, one more client).
+	since := time.Now().Add(-3 * time.Second) // one client, waiting since then
 	u.pl.WatchPools(func() []pool.Stats {
-		return []pool.Stats{{Name: key.Name(), Size: 1, Used: 1, Waiting: 1, WaitingSince: time.Now().Add(-3 * time.Second)}}
+		return []pool.Stats{{Name: key.Name(), Size: 1, Used: 1, Waiting: 1, WaitingSince: since}}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
