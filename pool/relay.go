@@ -217,6 +217,14 @@ func (r *relay) login() error {
 	for k, v := range r.want {
 		params[k] = v
 	}
+	// Every tracked parameter follows the client with the value it was
+	// told, not only those it set: another client may have SET one on the
+	// server connection it gets next.
+	for k, v := range params {
+		if trackedParams[k] {
+			r.want[k] = v
+		}
+	}
 	r.key = p.newKey(r)
 	var out []byte
 	for _, k := range sortedKeys(params) {
