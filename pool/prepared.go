@@ -3,6 +3,7 @@ package pool
 import (
 	"container/list"
 	"encoding/binary"
+	"slices"
 	"strconv"
 	"sync"
 )
@@ -130,12 +131,34 @@ func (c *clientStmts) put(name string, d *stmtDef) {
 		c.order = append(c.order, name)
 	}
 	c.byName[name] = d
-	if len(c.byName) > maxClientStmts {
-		for _, n := range c.order[:len(c.order)/2] {
-			delete(c.byName, n)
-		}
-		c.order = append(c.order[:0:0], c.order[len(c.order)/2:]...)
+	if len(c.order) > 2*len(c.byName)+64 {
+		// Names closed and parsed again (a driver's statement cache)
+		// left stale places behind.
+		c.compact()
 	}
+	if len(c.byName) > maxClientStmts {
+		c.compact()
+		n := len(c.order) / 2
+		for _, k := range c.order[:n] {
+			delete(c.byName, k)
+		}
+		c.order = append(c.order[:0:0], c.order[n:]...)
+	}
+}
+
+// compact keeps in order only the names the client has, each at its
+// latest place.
+func (c *clientStmts) compact() {
+	seen := make(map[string]bool, len(c.byName))
+	kept := make([]string, 0, len(c.byName))
+	for i := len(c.order) - 1; i >= 0; i-- {
+		if n := c.order[i]; c.byName[n] != nil && !seen[n] {
+			seen[n] = true
+			kept = append(kept, n)
+		}
+	}
+	slices.Reverse(kept)
+	c.order = kept
 }
 
 // forgetLazy forgets the statements taken without a server connection
