@@ -175,6 +175,12 @@ func (p *Pooler) Cancel(ctx context.Context, key []byte) error {
 	}
 	r.mu.Lock()
 	sc := r.server
+	if sc == nil && r.waitCancel != nil {
+		// The client waits for a server connection: its statement has
+		// not started, and will not.
+		r.waitCanceled = true
+		r.waitCancel()
+	}
 	r.mu.Unlock()
 	if sc == nil || len(sc.key) < 8 {
 		return nil

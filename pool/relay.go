@@ -57,12 +57,16 @@ type relay struct {
 	server     *serverConn
 	serverDone chan struct{} // closed when the current server's loop returns
 	stopping   bool          // the server's loop is being stopped, not lost
-	status     byte          // of the last ReadyForQuery the client got
-	injected   []injection
-	synthetic  []synthetic
-	stmts      clientStmts // transaction mode: the client's named statements
-	unnamed    *stmtDef    // transaction mode: the client's unnamed statement
-	want       paramSet    // the client's run-time parameters
+	// waitCancel ends the client's wait for a server connection, when it
+	// waits; waitCanceled says a CancelRequest did (Pooler.Cancel).
+	waitCancel   context.CancelFunc
+	waitCanceled bool
+	status       byte // of the last ReadyForQuery the client got
+	injected     []injection
+	synthetic    []synthetic
+	stmts        clientStmts // transaction mode: the client's named statements
+	unnamed      *stmtDef    // transaction mode: the client's unnamed statement
+	want         paramSet    // the client's run-time parameters
 	// parses and closes are the server-side names of the Parses and of
 	// the relay's own Closes sent to the server connection and not yet
 	// confirmed (ParseComplete, CloseComplete come in order), oldest
@@ -95,7 +99,16 @@ type relay struct {
 	// reserved: this message's handling reserved the server connection
 	// (writing). The client's goroutine only.
 	reserved bool
+	// skipToSync: a request of the client's was cancelled while it waited
+	// for a server connection; its messages up to the next Sync are
+	// dropped, as the server skips them after an error. The client's
+	// goroutine only.
+	skipToSync bool
 }
+
+// errWaitCanceled: a CancelRequest ended the client's wait for a server
+// connection.
+var errWaitCanceled = errors.New("cancelled while waiting for a server connection")
 
 type injKind uint8
 
@@ -257,6 +270,12 @@ func (r *relay) run() error {
 			return r.end(nil)
 		}
 		if err := r.handle(m); err != nil {
+			if errors.Is(err, errWaitCanceled) {
+				if err := r.waitWasCanceled(m); err != nil {
+					return r.end(err)
+				}
+				continue
+			}
 			return r.end(err)
 		}
 	}
@@ -289,9 +308,37 @@ func (r *relay) handle(m message) error {
 	return err
 }
 
+// waitWasCanceled answers the request m whose wait for a server
+// connection a CancelRequest ended, as PostgreSQL answers a cancelled
+// statement (57014): the statement never ran.
+func (r *relay) waitWasCanceled(m message) error {
+	if m.rest() > 0 {
+		if err := r.cr.discardRest(m); err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+	}
+	out := appendMsg(nil, 'E', errorBody("ERROR", "57014", "canceling statement due to user request"))
+	if m.typ == 'Q' || m.typ == 'F' {
+		out = appendMsg(out, 'Z', []byte{'I'})
+	} else {
+		r.skipToSync = true
+	}
+	return r.writeClientRaw(out, true)
+}
+
 // handleMessage acts on one client message.
 func (r *relay) handleMessage(m message) error {
 	tx := r.mode == ModeTransaction
+	if r.skipToSync {
+		if m.typ == 'S' {
+			r.skipToSync = false
+			return r.answer([]byte{'Z', 0, 0, 0, 5, 'I'})
+		}
+		if m.rest() > 0 {
+			return r.cr.discardRest(m)
+		}
+		return nil
+	}
 	switch {
 	case m.typ == 'H' || m.typ == 'd' || m.typ == 'c' || m.typ == 'f':
 		return r.notRequest(m)
@@ -631,7 +678,23 @@ func (r *relay) serverFor() (*serverConn, error) {
 		return nil, fmt.Errorf("write to client: %w", err)
 	}
 	start := time.Now()
-	sc, waited, err := r.pl.acquire(r.ctx)
+	wctx, cancelWait := context.WithCancel(r.ctx)
+	r.mu.Lock()
+	r.waitCancel = cancelWait
+	r.mu.Unlock()
+	sc, waited, err := r.pl.acquire(wctx)
+	r.mu.Lock()
+	canceled := r.waitCanceled
+	r.waitCancel, r.waitCanceled = nil, false
+	r.mu.Unlock()
+	cancelWait()
+	if canceled && r.ctx.Err() == nil {
+		if err == nil {
+			// Lent just as the cancel came: the request is not sent.
+			r.pl.release(sc, true)
+		}
+		return nil, errWaitCanceled
+	}
 	if waited > 0 {
 		// A client that gave up waiting has its statement fail with the
 		// wait on it too.
