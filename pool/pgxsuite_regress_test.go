@@ -1,0 +1,204 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dotmac/pgtrace/pool"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Failures of pgx's own test suite through the transaction pool
+// (scripts/pgx-suite.sh) that PgBouncer 1.24 in transaction mode does not
+// have, each cut down to what the relay gets wrong. A pool of one server
+// connection makes the next client, or the next transaction, get the same
+// server connection.
+
+// onePool is a transaction pool of one server connection and a pgconn
+// client of it.
+func onePool(t *testing.T) (*pooled, func() *pgconn.PgConn) {
+	t.Helper()
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1 })
+	return p, func() *pgconn.PgConn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, p.dsn(poolUser, poolPassword))
+		if err != nil {
+			t.Fatalf("connect through the pooler: %v", err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+}
+
+// A Parse sent after a Sync whose ReadyForQuery has not come yet is
+// forgotten at that ReadyForQuery (relay.ready takes every Parse not yet
+// confirmed for one the server skipped), though the server prepares it:
+// the server connection's books then lack a statement it has, and the
+// next use of the same text prepares it again, 42P05. pgx pipelines and
+// batches (cache_statement mode) send such sequences: TestConnect,
+// TestPointerPointer/cache_statement, TestLoadTypesSharedDependencies and
+// the TestConnSendBatch*/cache_statement tests failed with `prepared
+// statement "pgtrace_N" already exists`.
+func TestRegressParseAfterPendingSync(t *testing.T) {
+	_, connect := onePool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect()
+
+	// The first request takes a server connection and keeps it busy long
+	// enough for the named Parse behind its Sync to be sent before the
+	// ReadyForQuery comes back.
+	pl := c.StartPipeline(ctx)
+	pl.SendQueryParams("SELECT pg_sleep(0.2)", nil, nil, nil, nil)
+	pl.SendPipelineSync()
+	pl.SendPrepare("late", "SELECT 41 + $1::int", nil)
+	pl.SendPipelineSync()
+	if err := pl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // the result, the Sync, the description, the Sync
+		r, err := pl.GetResults()
+		if err != nil {
+			t.Fatalf("pipeline: %v", err)
+		}
+		if rr, ok := r.(*pgconn.ResultReader); ok {
+			if _, err := rr.Close(); err != nil {
+				t.Fatalf("pipeline query: %v", err)
+			}
+		}
+	}
+	if err := pl.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same text under another name: the relay gives it the same
+	// server-side name, which the server connection has.
+	if _, err := c.Prepare(ctx, "again", "SELECT 41 + $1::int", nil); err != nil {
+		t.Fatalf("prepare the same text again on the same server connection: %v", err)
+	}
+	res := c.ExecPrepared(ctx, "again", [][]byte{[]byte("1")}, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+		t.Fatalf("execute it: %v %q", res.Err, res.Rows)
+	}
+}
+
+// DEALLOCATE ALL (pgx's Conn.DeallocateAll) and DISCARD ALL drop every
+// statement of the server connection, the relay's renamed ones too; the
+// relay keeps them in its books and the next client's Bind names a
+// statement the server no longer has: 26000. PgBouncer 1.22+ forgets a
+// server connection's statements at those command tags.
+// TestExecContextFailureWithoutCancelation/cache_statement failed with
+// `prepared statement "pgtrace_34" does not exist`.
+func TestRegressDeallocateAll(t *testing.T) {
+	for _, cmd := range []string{"DEALLOCATE ALL", "DISCARD ALL"} {
+		t.Run(cmd, func(t *testing.T) {
+			_, connect := onePool(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			first := connect()
+			if _, err := first.Prepare(ctx, "s", "SELECT 40 + $1::int", nil); err != nil {
+				t.Fatal(err)
+			}
+			if res := first.ExecPrepared(ctx, "s", [][]byte{[]byte("2")}, nil, nil).Read(); res.Err != nil {
+				t.Fatal(res.Err)
+			}
+			if _, err := first.Exec(ctx, cmd).ReadAll(); err != nil {
+				t.Fatal(err)
+			}
+
+			second := connect()
+			if _, err := second.Prepare(ctx, "t", "SELECT 40 + $1::int", nil); err != nil {
+				t.Fatalf("prepare after %s: %v", cmd, err)
+			}
+			res := second.ExecPrepared(ctx, "t", [][]byte{[]byte("2")}, nil, nil).Read()
+			if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+				t.Fatalf("execute after %s: %v %q", cmd, res.Err, res.Rows)
+			}
+		})
+	}
+}
+
+// A run-time parameter one client SETs outside a transaction stays on the
+// server connection, and the relay hands the connection to the next
+// client without putting back the value that client was told at login:
+// PgBouncer sets every parameter it tracks to the client's own value when
+// it assigns a server connection. With standard_conforming_strings off
+// (TestConnSimpleProtocolRefusesNonStandardConformingStrings), pgx's
+// simple protocol, which escapes for on, sends text the server reads
+// otherwise: TestConnSimpleProtocol got `malformed array literal`.
+func TestRegressTrackedParameterLeaks(t *testing.T) {
+	_, connect := onePool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first := connect()
+	if _, err := first.Exec(ctx, "SET standard_conforming_strings TO off").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := connect()
+	told := second.ParameterStatus("standard_conforming_strings")
+	res, err := second.Exec(ctx, "SHOW standard_conforming_strings").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res[0].Rows[0][0]); got != told {
+		t.Errorf("the second client was told standard_conforming_strings=%q and its server connection has %q", told, got)
+	}
+}
+
+// A Parse of a statement name the client already has is an error in
+// PostgreSQL (42P05), and through PgBouncer; the relay takes the new text
+// under the old name (TestPrepareIdempotency: "Prepare statement with
+// same name but different SQL should have failed but it didn't").
+func TestRegressParseOfExistingName(t *testing.T) {
+	_, connect := onePool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := connect()
+	if _, err := c.Prepare(ctx, "test", "select 42::integer", nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Prepare(ctx, "test", "select 'fail'::varchar", nil)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42P05" {
+		t.Errorf("a second Parse of %q: %v, want SQLSTATE 42P05", "test", err)
+	}
+}
+
+// pgx's cache_statement mode through the pool, the way pgx's suite runs
+// it: many connections, batches with errors, statements shared by text.
+// Kept as the end-to-end check that the books above stay right.
+func TestRegressPgxBatchErrorsShareStatements(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 6 {
+		c := p.connect(t, pgx.QueryExecModeCacheStatement)
+		b := &pgx.Batch{}
+		b.Queue("select n from generate_series(0,5) n where 100/(5-n) > 0")
+		b.Queue("select n from generate_series(0,5) n")
+		br := c.SendBatch(ctx, b)
+		rows, err := br.Query()
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		for rows.Next() {
+		}
+		var pgErr *pgconn.PgError
+		if err := rows.Err(); !errors.As(err, &pgErr) || pgErr.Code != "22012" {
+			t.Fatalf("client %d: rows.Err() = %v, want 22012", i, err)
+		}
+		if err := br.Close(); !errors.As(err, &pgErr) || pgErr.Code != "22012" {
+			t.Fatalf("client %d: Close() = %v, want 22012", i, err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "select n from generate_series(0,5) n where n = $1", 3).Scan(&n); err != nil || n != 3 {
+			t.Fatalf("client %d: after the batch: %d, %v", i, n, err)
+		}
+	}
+}
