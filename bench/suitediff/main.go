@@ -219,6 +219,9 @@ func (t *result) reason() string {
 			return clip(strings.TrimPrefix(s, "Error:"), continuation(t.output[i+1:], true))
 		case strings.HasPrefix(s, "panic:"), strings.Contains(s, "test timed out"), strings.HasPrefix(s, "(the test never ended"):
 			return clip(s, nil)
+		case s == "got:" && i+1 < len(t.output):
+			// An example's output: its first line.
+			return clip("example printed: "+strings.TrimSpace(t.output[i+1]), nil)
 		}
 	}
 	for i, l := range t.output { // t.Fatal and friends: "file_test.go:12: message"
