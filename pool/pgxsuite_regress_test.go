@@ -202,3 +202,60 @@ func TestRegressPgxBatchErrorsShareStatements(t *testing.T) {
 		}
 	}
 }
+
+// A client whose context ends while it waits for a server connection
+// cancels its query (pgconn sends a CancelRequest, then closes): the relay
+// finds no server connection to cancel on and drops the request, and the
+// query, already read, runs once a server connection frees up, for a
+// client that has given up. TestConnContextCanceledCancelsRunningQueryOnServer/postgres
+// failed so in a full run with the pool busy (pg_sleep(30) still running
+// after pgx gave up); it passes through PgBouncer.
+func TestRegressCancelWhileWaitingForServer(t *testing.T) {
+	p, connect := onePool(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	admin, err := pgconn.Connect(ctx, p.pg.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	holder := connect()
+	if _, err := holder.Exec(ctx, "BEGIN").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	waiter := connect()
+	qctx, qcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = waiter.Exec(qctx, "SELECT 'gone client', pg_sleep(20)").ReadAll()
+	qcancel()
+	if err == nil {
+		t.Fatal("the waiting query returned before its context ended")
+	}
+	start := time.Now()
+	time.Sleep(100 * time.Millisecond) // the CancelRequest is on its way
+	if _, err := holder.Exec(ctx, "COMMIT").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Directly, the CancelRequest would have ended the query; through the
+	// pool it must not start (or must be cancelled) either.
+	time.Sleep(2 * time.Second)
+	res, err := admin.Exec(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%gone client%' AND pid <> pg_backend_pid()").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := string(res[0].Rows[0][0]); n != "0" {
+		t.Errorf("2s after the client cancelled it and gave up, its query runs on %s server connection(s)", n)
+	}
+
+	// pgconn's cleanup sends the CancelRequest, then a Terminate, and reads
+	// until the proxy closes (pgx's test gives it 5 s).
+	select {
+	case <-waiter.CleanupDone():
+	case <-time.After(20 * time.Second):
+		t.Fatal("pgconn's cancel and close took over 20s")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("pgconn's cancel and close took %v: the relay did not see the client go", d.Round(time.Millisecond))
+	}
+}
