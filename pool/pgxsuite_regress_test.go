@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -257,5 +258,62 @@ func TestRegressCancelWhileWaitingForServer(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("pgconn's cancel and close took %v: the relay did not see the client go", d.Round(time.Millisecond))
+	}
+}
+
+// A startup parameter that is not carried to every server connection
+// (pgx's TestConnectWithValidateConnectTargetSessionAttrsReadWrite sends
+// default_transaction_read_only=on) was accepted and dropped: the client
+// believed a setting that never held. It is refused before
+// authentication, as PgBouncer refuses it, unless listed in
+// IgnoreStartupParameters; tracked ones follow the client.
+func TestRegressUnsupportedStartupParameter(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) {
+		c.Size = 1
+		c.IgnoreStartupParameters = []string{"Extra_Float_Digits"}
+	})
+	connect := func(params map[string]string) (*pgconn.PgConn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cfg, err := pgconn.ParseConfig(p.dsn(poolUser, poolPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.RuntimeParams = params
+		c, err := pgconn.ConnectConfig(ctx, cfg)
+		if err == nil {
+			t.Cleanup(func() { c.Close(context.Background()) })
+		}
+		return c, err
+	}
+	for _, tc := range []struct {
+		params  map[string]string
+		refused string // the parameter named in the error; "" accepted
+	}{
+		{map[string]string{"default_transaction_read_only": "on"}, "default_transaction_read_only"},
+		{map[string]string{"search_path": "other"}, "search_path"},
+		{map[string]string{"options": "-c statement_timeout=5"}, "options statement_timeout"},
+		{map[string]string{"extra_float_digits": "3"}, ""},
+		{map[string]string{"datestyle": "SQL, DMY", "options": "-c TimeZone=UTC"}, ""},
+	} {
+		c, err := connect(tc.params)
+		if tc.refused == "" {
+			if err != nil {
+				t.Errorf("%v: refused: %v", tc.params, err)
+				continue
+			}
+			// The tracked ones hold on the server connection the client gets.
+			if ds, ok := tc.params["datestyle"]; ok {
+				rr := c.ExecParams(context.Background(), "SHOW DateStyle", nil, nil, nil, nil).Read()
+				if rr.Err != nil || len(rr.Rows) != 1 || string(rr.Rows[0][0]) != ds {
+					t.Errorf("DateStyle through the pool = %q (%v), want %q", rr.Rows, rr.Err, ds)
+				}
+			}
+			continue
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "08P01" || !strings.Contains(pgErr.Message, tc.refused) {
+			t.Errorf("%v: got %v, want 08P01 naming %s", tc.params, err, tc.refused)
+		}
 	}
 }

@@ -61,6 +61,13 @@ type Config struct {
 	// max_prepared_statements).
 	MaxPreparedStatements int
 
+	// IgnoreStartupParameters are startup parameters (or settings in the
+	// options parameter) a client may send and that are dropped; a client
+	// that sends any other untracked one is refused with 08P01, as by
+	// PgBouncer's ignore_startup_parameters. Names are case-insensitive;
+	// "options" accepts every options string.
+	IgnoreStartupParameters []string
+
 	// Secrets finds a client's secret: the auth file, then an auth query.
 	Secrets SecretSource
 	// Auth is how clients prove their password. Default AuthSCRAM.

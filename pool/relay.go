@@ -186,6 +186,15 @@ func (r *relay) login() error {
 	user := ps.User()
 	// PostgreSQL's authentication_timeout.
 	r.client.SetDeadline(time.Now().Add(time.Minute))
+	if name := unsupportedParam(ps.Params(), p.cfg.IgnoreStartupParameters); name != "" {
+		// Before authentication, as PgBouncer: a server connection is
+		// shared, so a setting only this client asked for at login would
+		// silently not hold.
+		r.fatal(codeProtocolViolation, fmt.Sprintf("pgtrace: unsupported startup parameter in a pooled mode: %s "+
+			"(server connections are shared; set it per role or database with ALTER ROLE/DATABASE … SET, "+
+			"or accept and ignore it with --ignore-startup-parameters %s)", name, name))
+		return fmt.Errorf("unsupported startup parameter %s", name)
+	}
 	secret, ca, err := p.auth.Authenticate(r.ctx, r.client, user)
 	r.client.SetDeadline(time.Time{})
 	if err != nil {
@@ -200,9 +209,9 @@ func (r *relay) login() error {
 	r.pl = p.pool(Key{Database: ps.Database(), User: user})
 	r.pl.setCredential(CredentialFor(secret, ca))
 	for _, kv := range ps.Params() {
-		switch {
-		case trackedParams[kv[0]]:
-			r.want[kv[0]] = kv[1]
+		switch k := canonicalParam(kv[0]); {
+		case trackedParams[k]:
+			r.want[k] = kv[1]
 		case kv[0] == "options":
 			for _, o := range parseOptions(kv[1]) {
 				if trackedParams[o[0]] {
@@ -1304,6 +1313,30 @@ func parseOptions(opts string) [][2]string {
 		}
 	}
 	return out
+}
+
+// unsupportedParam returns the first startup parameter (or setting in
+// options) that a pooled session cannot carry to the server connections it
+// gets: neither tracked nor in ignore. "" when there is none.
+func unsupportedParam(params [][2]string, ignore []string) string {
+	ignored := func(k string) bool {
+		return slices.ContainsFunc(ignore, func(i string) bool { return strings.EqualFold(i, k) })
+	}
+	for _, kv := range params {
+		k := canonicalParam(kv[0])
+		switch {
+		case trackedParams[k] || ignored(k):
+		case k == "options":
+			for _, o := range parseOptions(kv[1]) {
+				if !trackedParams[o[0]] && !ignored(o[0]) {
+					return "options " + o[0]
+				}
+			}
+		default:
+			return k
+		}
+	}
+	return ""
 }
 
 // canonicalParam spells a tracked parameter as PostgreSQL reports it.

@@ -74,6 +74,7 @@ type config struct {
 	ServerLifetime         time.Duration
 	ServerResetQuery       string
 	MaxPreparedStatements  int
+	IgnoreStartupParams    string // comma-separated
 	AuthFile               string
 	AuthQuery              string
 	AuthUser               string
@@ -272,6 +273,14 @@ func (c *config) flags() []cli.Flag {
 			Name: "max-prepared-statements", Value: 200, Destination: &c.MaxPreparedStatements, EnvVars: env("max-prepared-statements"), Category: catPooling,
 			Usage: "transaction mode: protocol-level prepared statements each server connection keeps for clients " +
 				"(renamed per server connection, as PgBouncer 1.21+ does); the least recently used are closed",
+		},
+		&cli.StringFlag{
+			Name: "ignore-startup-parameters", Value: "extra_float_digits", Destination: &c.IgnoreStartupParams,
+			EnvVars: env("ignore-startup-parameters"), Category: catPooling,
+			Usage: "pooled modes: comma-separated startup parameters a client may send and that are dropped " +
+				"(PgBouncer's ignore_startup_parameters; \"options\" accepts any options string); " +
+				"a client that sends another one, other than application_name, client_encoding, DateStyle, IntervalStyle, " +
+				"TimeZone and standard_conforming_strings which follow it to every server connection, is refused with SQLSTATE 08P01",
 		},
 		&cli.StringFlag{
 			Name: "auth-file", Destination: &c.AuthFile, EnvVars: env("auth-file"), Category: catPooling, TakesFile: true,

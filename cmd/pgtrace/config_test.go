@@ -71,6 +71,7 @@ func defaults() config {
 		ServerLifetime:             time.Hour,
 		ServerResetQuery:           "DISCARD ALL",
 		MaxPreparedStatements:      200,
+		IgnoreStartupParams:        "extra_float_digits",
 		AuthQuery:                  pool.DefaultAuthQuery,
 		AuthDatabase:               "postgres",
 		AuthType:                   "scram-sha-256",

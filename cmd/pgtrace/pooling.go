@@ -94,18 +94,30 @@ func newPooler(ctx context.Context, cfg *config, log *slog.Logger, ws *wire.Serv
 	}
 	resetQuery := cfg.ServerResetQuery
 	return pool.New(pool.Config{
-		Mode:                  pool.Mode(cfg.PoolMode),
-		Size:                  cfg.PoolSize,
-		MinIdle:               cfg.PoolMinIdle,
-		MaxWait:               cfg.PoolMaxWait,
-		IdleTimeout:           cfg.ServerIdleTimeout,
-		Lifetime:              cfg.ServerLifetime,
-		ResetQuery:            resetQuery,
-		NoResetQuery:          resetQuery == "",
-		MaxPreparedStatements: cfg.MaxPreparedStatements,
-		Secrets:               secrets,
-		Auth:                  pool.AuthMethod(cfg.AuthType),
-		Hooks:                 hooks,
-		Logger:                log,
+		Mode:                    pool.Mode(cfg.PoolMode),
+		Size:                    cfg.PoolSize,
+		MinIdle:                 cfg.PoolMinIdle,
+		MaxWait:                 cfg.PoolMaxWait,
+		IdleTimeout:             cfg.ServerIdleTimeout,
+		Lifetime:                cfg.ServerLifetime,
+		ResetQuery:              resetQuery,
+		NoResetQuery:            resetQuery == "",
+		MaxPreparedStatements:   cfg.MaxPreparedStatements,
+		IgnoreStartupParameters: splitList(cfg.IgnoreStartupParams),
+		Secrets:                 secrets,
+		Auth:                    pool.AuthMethod(cfg.AuthType),
+		Hooks:                   hooks,
+		Logger:                  log,
 	}, ws.DialUpstream)
+}
+
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
