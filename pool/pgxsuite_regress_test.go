@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -315,5 +316,67 @@ func TestRegressUnsupportedStartupParameter(t *testing.T) {
 		if !errors.As(err, &pgErr) || pgErr.Code != "08P01" || !strings.Contains(pgErr.Message, tc.refused) {
 			t.Errorf("%v: got %v, want 08P01 naming %s", tc.params, err, tc.refused)
 		}
+	}
+}
+
+// A client's named Parse of a text its new server connection already has
+// is answered by the relay itself (ParseComplete); when the relay also
+// had to SET a tracked parameter on that connection first, its
+// ParseComplete went out before the SET's answers, which then reached the
+// client as if they answered its Describe (pgx: "expected 0 arguments,
+// got 1"), and the session fell out of step. pgx's
+// TestConnSimpleProtocolRefusesNonStandardConformingStrings and
+// …NonUTF8ClientEncoding failed so when run beside each other.
+func TestRegressSetBeforeOwnParseComplete(t *testing.T) {
+	p := startPooled(t, pool.ModeTransaction, func(c *pool.Config) { c.Size = 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	connect := func() *pgx.Conn {
+		c, err := pgx.Connect(ctx, p.dsn(poolUser, poolPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+	sum := func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, "select generate_series(1,$1)", 10)
+		if err != nil {
+			return err
+		}
+		var n, total int32
+		for rows.Next() {
+			if err := rows.Scan(&n); err != nil {
+				return err
+			}
+			total += n
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if total != 55 {
+			return fmt.Errorf("sum %d, want 55", total)
+		}
+		return nil
+	}
+	a, b := connect(), connect()
+	// a leaves the only server connection with the statement prepared and
+	// standard_conforming_strings off.
+	if err := sum(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec(ctx, "set standard_conforming_strings to off"); err != nil {
+		t.Fatal(err)
+	}
+	// b, told on at login, gets it: the relay sets it back and answers the
+	// Parse itself.
+	for i := range 3 {
+		if err := sum(b); err != nil {
+			t.Fatalf("b's query %d: %v", i, err)
+		}
+	}
+	var scs string
+	if err := b.QueryRow(ctx, "show standard_conforming_strings").Scan(&scs); err != nil || scs != "on" {
+		t.Errorf("standard_conforming_strings for b = %q (%v), want on", scs, err)
 	}
 }

@@ -765,6 +765,7 @@ func (r *relay) serverLoop(sc *serverConn, done chan struct{}) {
 				r.serverBroke(sc, fmt.Errorf("read from server: %w", err))
 				return
 			}
+			r.emitSynthetics() // those that waited for this answer
 			continue
 		}
 		if err := r.toClient(sc, m); err != nil {
@@ -1041,7 +1042,10 @@ func (r *relay) answer(msg []byte) error {
 func (r *relay) emitSynthetics() {
 	for {
 		r.mu.Lock()
-		if len(r.synthetic) == 0 || r.errored || r.synthetic[0].anchor != r.ps.NextAnswer() {
+		// A request of the relay's own sent before the client's request
+		// (a SET of tracked parameters) is answered first.
+		if len(r.synthetic) == 0 || r.errored || r.synthetic[0].anchor != r.ps.NextAnswer() ||
+			len(r.injected) > 0 && r.injected[0].anchor <= r.synthetic[0].anchor {
 			r.mu.Unlock()
 			return
 		}
