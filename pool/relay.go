@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"slices"
@@ -195,9 +196,10 @@ func (r *relay) login() error {
 			"or accept and ignore it with --ignore-startup-parameters %s)", name, name))
 		return fmt.Errorf("unsupported startup parameter %s", name)
 	}
-	secret, ca, err := p.auth.Authenticate(r.ctx, r.client, user)
+	secret, ca, err := p.auth.Authenticate(r.ctx, loginIO{r.client, r.cw}, user)
 	r.client.SetDeadline(time.Time{})
 	if err != nil {
+		r.cw.Flush() // the FATAL ErrorResponse
 		var ce *ClientAuthError
 		if errors.As(err, &ce) && ce.Code != "" {
 			r.authFailed(ce.Code, user)
@@ -256,6 +258,26 @@ func (r *relay) login() error {
 	out = appendMsg(out, 'Z', []byte{'I'})
 	return r.writeClientRaw(out, true)
 }
+
+// loginIO is the client connection as the authentication exchange sees
+// it: its messages go through the client's buffered writer and leave when
+// the exchange waits for the client's answer, so that AuthenticationOk
+// leaves in one write with the parameters that follow it.
+type loginIO struct {
+	r io.Reader
+	w *bufio.Writer
+}
+
+func (l loginIO) Read(p []byte) (int, error) {
+	if l.w.Buffered() > 0 {
+		if err := l.w.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return l.r.Read(p)
+}
+
+func (l loginIO) Write(p []byte) (int, error) { return l.w.Write(p) }
 
 // authFailed shows the tracker the FATAL error the client got (code), so
 // that the login counts as a failed one.
