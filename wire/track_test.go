@@ -499,7 +499,8 @@ func TestTrackPreparedCap(t *testing.T) {
 	resp = append(resp, rfq("I"), bindComplete, cc("SELECT 1"), rfq("I"))
 	sc.client(req...)
 	sc.server(resp...)
-	evs := statementEvents(sc.events(1))
+	// Other events may come first: wait for the statement's.
+	evs := statementEvents(sc.rec.wait(t, "the statement event", func(evs []Event) bool { return len(statementEvents(evs)) >= 1 }))
 	if got := sc.s.srv.ForgottenStatements(); got != maxPrepared {
 		t.Errorf("ForgottenStatements = %d, want %d", got, maxPrepared)
 	}
