@@ -171,9 +171,23 @@ func errorResponse(severity, code, msg string) []byte {
 }
 
 // optionSearchPath finds search_path in the command-line options of a
-// startup packet ("-c search_path=app,public", "--search_path=app"), as
-// libpq's options parameter sends them; backslash escapes a space.
+// startup packet ("-c search_path=app,public", "--search_path=app").
 func optionSearchPath(opts string) (string, bool) {
+	found, path := false, ""
+	for _, kv := range StartupOptions(opts) {
+		if kv[0] == "search_path" {
+			found, path = true, kv[1]
+		}
+	}
+	return path, found
+}
+
+// StartupOptions reads the settings in a StartupMessage's options
+// parameter, as libpq sends them and the backend reads them: "-c
+// name=value", "-cname=value" or "--name=value", separated by spaces, a
+// backslash escaping the next character. A name's dashes become
+// underscores; the pairs come in order.
+func StartupOptions(opts string) [][2]string {
 	var args []string
 	var cur []byte
 	esc := false
@@ -195,7 +209,7 @@ func optionSearchPath(opts string) (string, bool) {
 	if len(cur) > 0 {
 		args = append(args, string(cur))
 	}
-	found, path := false, ""
+	var out [][2]string
 	for i, a := range args {
 		var kv string
 		switch {
@@ -208,11 +222,11 @@ func optionSearchPath(opts string) (string, bool) {
 		default:
 			continue
 		}
-		if k, v, ok := strings.Cut(kv, "="); ok && strings.ReplaceAll(k, "-", "_") == "search_path" {
-			found, path = true, v
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			out = append(out, [2]string{strings.ReplaceAll(k, "-", "_"), v})
 		}
 	}
-	return path, found
+	return out
 }
 
 // firstSchema is the first schema of a search_path value that names one

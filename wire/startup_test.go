@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,4 +213,33 @@ func startupPacketBytes(t *testing.T, params map[string]string) []byte {
 	binary.BigEndian.PutUint32(raw, uint32(8+len(body)))
 	binary.BigEndian.PutUint32(raw[4:], 196608)
 	return append(raw, body...)
+}
+
+func TestStartupOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opts string
+		want [][2]string
+	}{
+		{"", nil},
+		{"-c search_path=a,b", [][2]string{{"search_path", "a,b"}}},
+		{"-cstatement_timeout=5s  -c TimeZone=UTC", [][2]string{{"statement_timeout", "5s"}, {"TimeZone", "UTC"}}},
+		{`--search-path=x\ y`, [][2]string{{"search_path", "x y"}}},
+		{"-c", nil},
+		{"-c noequals -e", nil},
+	} {
+		if got := StartupOptions(tc.opts); !slices.Equal(got, tc.want) {
+			t.Errorf("StartupOptions(%q) = %q, want %q", tc.opts, got, tc.want)
+		}
+	}
+}
+
+func FuzzStartupOptions(f *testing.F) {
+	f.Add(`-c search_path=a\ b --x-y=1`)
+	f.Fuzz(func(t *testing.T, opts string) {
+		for _, kv := range StartupOptions(opts) {
+			if strings.Contains(kv[0], "-") {
+				t.Errorf("name %q keeps a dash", kv[0])
+			}
+		}
+	})
 }
