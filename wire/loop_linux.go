@@ -137,15 +137,9 @@ func (s *session) startLoopRelay(fe *frontendCopier, be *backendCopier, errc cha
 		s.log.Debug("event loop unavailable; relaying with goroutines", "err", err)
 		return false
 	}
-	cfd, err := dupFD(c)
+	cfd, ufd, err := dupPair(c, u)
 	if err != nil {
-		s.log.Debug("event loop: take client socket", "err", err)
-		return false
-	}
-	ufd, err := dupFD(u)
-	if err != nil {
-		unix.Close(cfd)
-		s.log.Debug("event loop: take upstream socket", "err", err)
+		s.log.Debug("event loop: cannot take the sockets", "err", err)
 		return false
 	}
 	rel := &loopRelay{l: l, errc: errc}
@@ -227,6 +221,19 @@ func dupFD(c net.Conn) (int, error) {
 		return -1, err
 	}
 	return nfd, derr
+}
+
+// dupPair returns duplicates of the client's and the upstream's sockets
+// (dupFD), or neither.
+func dupPair(c, u net.Conn) (cfd, ufd int, err error) {
+	if cfd, err = dupFD(c); err != nil {
+		return -1, -1, fmt.Errorf("take client socket: %w", err)
+	}
+	if ufd, err = dupFD(u); err != nil {
+		unix.Close(cfd)
+		return -1, -1, fmt.Errorf("take upstream socket: %w", err)
+	}
+	return cfd, ufd, nil
 }
 
 // fdConn wraps a socket the loop let go of in a net.Conn again and closes

@@ -180,15 +180,9 @@ func (s *session) startURingRelay(c, u net.Conn, fe *frontendCopier, be *backend
 		})
 		return false
 	}
-	cfd, err := dupFD(c)
+	cfd, ufd, err := dupPair(c, u)
 	if err != nil {
-		s.log.Debug("io_uring loop: take client socket", "err", err)
-		return false
-	}
-	ufd, err := dupFD(u)
-	if err != nil {
-		unix.Close(cfd)
-		s.log.Debug("io_uring loop: take upstream socket", "err", err)
+		s.log.Debug("io_uring loop: cannot take the sockets", "err", err)
 		return false
 	}
 	// The ring waits for readiness itself; a non-blocking socket would
