@@ -303,6 +303,14 @@ func (pl *Pool) noteWait(start time.Time, d time.Duration, timedOut bool) {
 // Lifetime, is closed.
 func (pl *Pool) release(sc *serverConn, reusable bool) {
 	now := time.Now()
+	closeFor := "" // why sc is closed, if it is
+	switch {
+	case !reusable:
+		closeFor = "broken"
+	case now.Sub(sc.created) > pl.p.cfg.Lifetime:
+		closeFor = "lifetime"
+	}
+	var next *waiter // the client sc goes to
 	pl.mu.Lock()
 	if _, ok := pl.lent[sc]; !ok {
 		// Given back twice: a bug, which must not hand one connection
@@ -315,45 +323,35 @@ func (pl *Pool) release(sc *serverConn, reusable bool) {
 	lentAt := sc.lentAt
 	sc.lentAt = time.Time{}
 	delete(pl.lent, sc)
-	pl.mu.Unlock()
 	sc.holder.Store(nil)
+	switch {
+	case closeFor != "":
+		pl.used--
+	case pl.closed:
+		pl.used--
+		closeFor = "shutdown"
+	case len(pl.waiters) > 0:
+		next = pl.waiters[0] // sc stays counted as used
+		pl.waiters = pl.waiters[1:]
+		sc.lastUsed = now
+	default:
+		pl.used--
+		sc.lastUsed = now
+		pl.idle = append(pl.idle, sc)
+	}
+	pl.mu.Unlock()
 	if h := pl.p.cfg.Hooks.Used; h != nil && !lentAt.IsZero() {
 		h(pl.key, now.Sub(lentAt))
 	}
 	switch {
-	case !reusable:
-		pl.mu.Lock()
-		pl.used--
-		pl.mu.Unlock()
-		pl.drop(sc, "broken")
+	case next != nil:
+		next.ch <- acquired{sc: sc}
+	case closeFor == "shutdown":
+		pl.drop(sc, closeFor)
+	case closeFor != "":
+		pl.drop(sc, closeFor)
 		pl.handOff()
-		return
-	case now.Sub(sc.created) > pl.p.cfg.Lifetime:
-		pl.mu.Lock()
-		pl.used--
-		pl.mu.Unlock()
-		pl.drop(sc, "lifetime")
-		pl.handOff()
-		return
 	}
-	sc.lastUsed = now
-	pl.mu.Lock()
-	if pl.closed {
-		pl.used--
-		pl.mu.Unlock()
-		pl.drop(sc, "shutdown")
-		return
-	}
-	if len(pl.waiters) > 0 {
-		w := pl.waiters[0]
-		pl.waiters = pl.waiters[1:]
-		pl.mu.Unlock()
-		w.ch <- acquired{sc: sc} // still counted as used
-		return
-	}
-	pl.used--
-	pl.idle = append(pl.idle, sc)
-	pl.mu.Unlock()
 }
 
 // handOff opens a connection for the first waiter when a place in the pool
