@@ -121,11 +121,15 @@ func appendMsg(b []byte, typ byte, body ...[]byte) []byte {
 	return b
 }
 
-// header is the 5-byte header of a message of type typ with a body of
-// size bytes.
-func header(typ byte, size int) []byte {
+// writeHeader writes the 5-byte header of a message of type typ with a
+// body of size bytes, byte by byte: no slice to escape, no allocation.
+func writeHeader(w *bufio.Writer, typ byte, size int) {
 	n := size + 4
-	return []byte{typ, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	w.WriteByte(typ)
+	w.WriteByte(byte(n >> 24))
+	w.WriteByte(byte(n >> 16))
+	w.WriteByte(byte(n >> 8))
+	w.WriteByte(byte(n))
 }
 
 // cstring splits b at its first NUL.

@@ -616,17 +616,7 @@ func (r *relay) useStatement(m message, name string) error {
 	} else {
 		body = targetBody('S', def.server)
 	}
-	out = append(out, header(m.typ, len(body)+m.rest())...)
-	out = append(out, body...)
-	if err := r.writeServer(sc, out); err != nil {
-		return err
-	}
-	if m.rest() > 0 {
-		if err := r.cr.copyRest(sc.w, m); err != nil {
-			return fmt.Errorf("read from client: %w", err)
-		}
-	}
-	return r.flushServer(sc)
+	return r.send(sc, out, m, body)
 }
 
 // useUnnamed forwards a Bind or Describe of the unnamed statement, parsed
@@ -652,9 +642,17 @@ func (r *relay) useUnnamed(m message) error {
 // forward writes the client's message as it came, after pre (the relay's
 // own requests), and streams the rest of a large one.
 func (r *relay) forward(sc *serverConn, m message, pre []byte) error {
-	out := append(pre, header(m.typ, m.size)...)
-	out = append(out, m.body...)
-	if err := r.writeServer(sc, out); err != nil {
+	return r.send(sc, pre, m, m.body)
+}
+
+// send writes pre, then the client's message m with body in place of the
+// body read (a statement name rewritten), and streams the rest of a large
+// one; straight into the server connection's buffer.
+func (r *relay) send(sc *serverConn, pre []byte, m message, body []byte) error {
+	sc.w.Write(pre)
+	writeHeader(sc.w, m.typ, len(body)+m.rest())
+	// A bufio.Writer's error sticks: the last write reports any.
+	if err := r.writeServer(sc, body); err != nil {
 		return err
 	}
 	if m.rest() > 0 {
@@ -916,7 +914,7 @@ func (r *relay) toClient(sc *serverConn, m message) error {
 		// ReadyForQuery, and so before it sends what comes next.
 		r.ready(sc, m.body[0])
 	}
-	r.cw.Write(header(m.typ, m.size))
+	writeHeader(r.cw, m.typ, m.size)
 	r.cw.Write(m.body)
 	if m.rest() > 0 {
 		if err := sc.mr.copyRest(r.cw, m); err != nil {
@@ -1297,48 +1295,15 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// parseOptions reads "-c name=value" pairs from a StartupMessage's
-// options parameter (backslash escapes a space).
+// parseOptions reads the settings in a StartupMessage's options parameter
+// (wire.StartupOptions), the tracked parameters spelled as PostgreSQL
+// reports them.
 func parseOptions(opts string) [][2]string {
-	var args []string
-	var cur []byte
-	esc := false
-	for i := 0; i < len(opts); i++ {
-		c := opts[i]
-		switch {
-		case esc:
-			cur, esc = append(cur, c), false
-		case c == '\\':
-			esc = true
-		case c == ' ' || c == '\t':
-			if len(cur) > 0 {
-				args, cur = append(args, string(cur)), nil
-			}
-		default:
-			cur = append(cur, c)
-		}
+	kvs := wire.StartupOptions(opts)
+	for i := range kvs {
+		kvs[i][0] = canonicalParam(kvs[i][0])
 	}
-	if len(cur) > 0 {
-		args = append(args, string(cur))
-	}
-	var out [][2]string
-	for i, a := range args {
-		var kv string
-		switch {
-		case a == "-c" && i+1 < len(args):
-			kv = args[i+1]
-		case strings.HasPrefix(a, "-c") && len(a) > 2:
-			kv = a[2:]
-		case strings.HasPrefix(a, "--"):
-			kv = a[2:]
-		default:
-			continue
-		}
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			out = append(out, [2]string{canonicalParam(strings.ReplaceAll(k, "-", "_")), v})
-		}
-	}
-	return out
+	return kvs
 }
 
 // unsupportedParam returns the first startup parameter (or setting in
