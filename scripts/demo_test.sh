@@ -40,13 +40,19 @@ done
 command -v psql >/dev/null || { echo "demo_test: psql is needed; .ci/run installs it" >&2; exit 1; }
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# free_port: a loopback port nothing listens on, away from the usual ones.
-free_port() {
-	local p
+# pick_port NAME sets NAME to a loopback port nothing listens on: below
+# the kernel's ephemeral range, where the demo's own outgoing connections
+# take their local ports (one of those made pgtrace's bind fail), and not
+# one picked before by this script (the demo binds them all later).
+picked=" "
+pick_port() {
+	local low p
+	read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
 	while :; do
-		p=$((20000 + RANDOM % 20000))
-		if ! listening "$p"; then
-			echo "$p"
+		p=$((10000 + RANDOM % (low - 10000)))
+		if [[ $picked != *" $p "* ]] && ! listening "$p"; then
+			picked+="$p "
+			printf -v "$1" '%s' "$p"
 			return
 		fi
 	done
@@ -55,7 +61,7 @@ free_port() {
 # The password-protected server.
 dir="$(mktemp -d "${TMPDIR:-/tmp}/pgtrace-demo-test.XXXXXX")"
 password="demo-$RANDOM-secret"
-pgport="$(free_port)"
+pick_port pgport
 cleanup() {
 	as_pg "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
 	rm -rf "$dir"
@@ -84,7 +90,9 @@ run_demo() {
 	local name="$1"
 	shift
 	local listen admin app
-	listen="$(free_port)" admin="$(free_port)" app="$(free_port)"
+	pick_port listen
+	pick_port admin
+	pick_port app
 	say "run $name"
 	set +e
 	out="$(env -u PGPASSWORD -u PG_PASSWORD -u PGDATABASE -u PGSERVICE -u OTEL_EXPORTER_OTLP_ENDPOINT \
